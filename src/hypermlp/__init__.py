@@ -1,0 +1,1 @@
+"""HyperMLP and HyperGLU sequence mixers."""
