@@ -1,0 +1,87 @@
+"""Softmax attention baseline: causal multi-head attention through scaled_dot_product_attention,
+RoPE on by default, with the same conv / gate switches as the Hyper layers (off by default)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import AttentionConfig, build_config
+from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads
+
+
+class SoftmaxAttention(nn.Module):
+    def __init__(self, config: Optional[AttentionConfig] = None, **kwargs):
+        super().__init__()
+        cfg = build_config(AttentionConfig, config, kwargs).validate()
+        self.config = cfg
+        d, h = cfg.d_model, cfg.n_heads
+        self.n_heads = h
+        self.q_proj = nn.Linear(d, cfg.qk_rank, bias=False)
+        self.k_proj = nn.Linear(d, cfg.qk_rank, bias=False)
+        self.v_proj = nn.Linear(d, cfg.vo_rank, bias=False)
+        self.o_proj = nn.Linear(cfg.vo_rank, d, bias=False)
+        if cfg.conv_size:
+            self.conv_k = CausalDepthwiseConv(d, cfg.conv_size)
+            self.conv_v = CausalDepthwiseConv(d, cfg.conv_size)
+        if cfg.qk_gate:
+            self.q_gate = nn.Linear(d, cfg.qk_rank)
+        if cfg.out_gate:
+            self.out_gate = nn.Linear(d, cfg.vo_rank)
+        if cfg.rope:
+            self.rotary = Rotary(cfg.qk_rank // h, cfg.max_len, cfg.rope_base)
+
+    def new_cache(self, batch_size: int) -> LayerCache:
+        return LayerCache(batch_size, self.config.max_len)
+
+    def _conv(self, name, x, cache):
+        conv = getattr(self, name, None)
+        if conv is None:
+            return x
+        y, state = conv(x, cache.conv_state.get(name) if cache is not None else None)
+        if cache is not None:
+            cache.conv_state[name] = state
+        return y
+
+    def forward(self, x: torch.Tensor, cache: Optional[LayerCache] = None, mask: Optional[torch.Tensor] = None):
+        cfg = self.config
+        offset = cache.length if cache is not None else 0
+        check_input(x, cfg.d_model, cfg.max_len, offset, mask)
+        if cache is not None:
+            cache.check_batch(x)
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        t = x.shape[1]
+        q = split_heads(self.q_proj(x), self.n_heads)
+        k = split_heads(self.k_proj(self._conv("conv_k", x, cache)), self.n_heads)
+        v = split_heads(self.v_proj(self._conv("conv_v", x, cache)), self.n_heads)
+        if cfg.rope:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cfg.qk_gate:
+            q = q * torch.sigmoid(split_heads(self.q_gate(x), self.n_heads))
+        if cache is not None:
+            k, v, key_valid = cache.append(k, v, mask)
+        else:
+            key_valid = mask if (mask is not None and not bool(mask.all())) else None
+
+        if offset == 0 and key_valid is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            s = k.shape[2]
+            pos = torch.arange(offset, offset + t, device=x.device)[:, None]
+            allowed = (torch.arange(s, device=x.device)[None, :] <= pos)[None, None]
+            if key_valid is not None:
+                allowed = allowed & key_valid[:, None, None, :]
+                # a padded query may see no real key at all: open its row (its output is zeroed)
+                allowed = allowed | ~allowed.any(-1, keepdim=True)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        o = merge_heads(o)
+        if cfg.out_gate:
+            o = o * torch.sigmoid(self.out_gate(x))
+        out = self.o_proj(o)
+        if mask is not None:
+            out = out * mask[..., None].to(out.dtype)
+        return out

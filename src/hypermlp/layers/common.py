@@ -1,0 +1,122 @@
+"""Pieces shared by every mixer: input checks, causal depthwise conv, RoPE, the decoding cache."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def check_input(x: torch.Tensor, d_model: int, max_len: int, offset: int, mask: Optional[torch.Tensor]):
+    """Raise a ValueError that names the problem for any malformed mixer input."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"input must have shape (batch, seq_len, d_model={d_model}), got {tuple(x.shape)}")
+    if x.shape[-1] != d_model:
+        raise ValueError(f"input width {x.shape[-1]} does not match d_model={d_model} (shape {tuple(x.shape)})")
+    if x.shape[1] < 1:
+        raise ValueError("input has no tokens (seq_len = 0)")
+    if offset + x.shape[1] > max_len:
+        if offset:
+            raise ValueError(
+                f"sequence too long: {offset} cached + {x.shape[1]} new tokens = {offset + x.shape[1]} "
+                f"exceeds max_len={max_len}"
+            )
+        raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={max_len}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError("mask must be a boolean tensor of shape (batch, seq_len); True = real token")
+        if tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match input (batch, seq_len) = {tuple(x.shape[:2])}")
+
+
+class LayerCache:
+    """Decoding state of one mixer layer: keys and values of all past tokens (after conv and
+    projection; RoPE already applied), which of them are real tokens, and the last kernel-1
+    inputs of each conv. Buffers are allocated once, at max_len, on the first call."""
+
+    def __init__(self, batch_size: int, max_len: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.length = 0
+        self.k: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+        self.key_valid: Optional[torch.Tensor] = None
+        self.has_padding = False
+        self.conv_state = {}
+
+    def check_batch(self, x: torch.Tensor) -> None:
+        if x.shape[0] != self.batch_size:
+            raise ValueError(f"cache was made for batch size {self.batch_size}, input has batch size {x.shape[0]}")
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, valid: Optional[torch.Tensor]):
+        """Store the new keys/values (B, heads, T, dim) and return everything seen so far."""
+        start, t = self.length, k.shape[2]
+        if self.k is None:
+            b = self.batch_size
+            self.k = k.new_zeros(b, k.shape[1], self.max_len, k.shape[3])
+            self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[3])
+            self.key_valid = torch.ones(b, self.max_len, dtype=torch.bool, device=k.device)
+        self.k[:, :, start : start + t] = k
+        self.v[:, :, start : start + t] = v
+        if valid is not None:
+            self.key_valid[:, start : start + t] = valid
+            self.has_padding = self.has_padding or not bool(valid.all())
+        self.length = start + t
+        key_valid = self.key_valid[:, : self.length] if self.has_padding else None
+        return self.k[:, :, : self.length], self.v[:, :, : self.length], key_valid
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise causal Conv1d over time, no bias; left padding of kernel-1 (or the cached
+    inputs when decoding)."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # as nn.Conv1d
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C); state: the previous kernel-1 inputs (B, kernel-1, C) or None (zeros)."""
+        if state is None:
+            state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+        xt = torch.cat([state, x], dim=1)
+        y = F.conv1d(xt.transpose(1, 2), self.weight, groups=self.weight.shape[0]).transpose(1, 2)
+        return y, xt[:, xt.shape[1] - (self.kernel_size - 1) :]
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (rotate-half convention) at absolute positions."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """x: (B, heads, T, head_dim) at positions offset .. offset+T-1."""
+        t = x.shape[2]
+        cos = self.cos[offset : offset + t].to(x.dtype)
+        sin = self.sin[offset : offset + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, heads*dim) -> (B, heads, T, dim), head-major."""
+    b, t, _ = x.shape
+    return x.view(b, t, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, dim) -> (B, T, heads*dim)."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
