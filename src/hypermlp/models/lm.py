@@ -1,0 +1,259 @@
+"""A small decoder-only language model around any mixer of the library (nanoGPT-sized).
+
+token embedding -> N x [RMSNorm -> mixer -> residual, RMSNorm -> SwiGLU MLP -> residual]
+-> RMSNorm -> output head (optionally tied to the embedding). No absolute position embedding:
+the Hyper layers are position-aware through the lag layout and softmax attention through RoPE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import AttentionConfig, ConfigError, HyperConfig
+from ..layers import HyperGLU, HyperMLP, ReLUAttention, SoftmaxAttention
+
+MIXERS = {
+    "softmax": SoftmaxAttention,
+    "relu": ReLUAttention,
+    "hypermlp": HyperMLP,
+    "hyperglu": HyperGLU,
+}
+_MIXER_CONFIG = {
+    "softmax": AttentionConfig,
+    "relu": HyperConfig,
+    "hypermlp": HyperConfig,
+    "hyperglu": HyperConfig,
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    mixer: Union[str, List[str]] = "hyperglu"  # one name for all layers, or one per layer (hybrids)
+    mixer_args: Dict = field(default_factory=dict)  # e.g. {"n_heads": 2, "qk_rank": 32}; each layer takes what applies
+    max_len: int = 1024
+    mlp_hidden: Optional[int] = None  # SwiGLU hidden width; default 8/3 * d_model rounded up to 32
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.mlp_hidden is None and isinstance(self.d_model, int):
+            self.mlp_hidden = -(-(8 * self.d_model // 3) // 32) * 32
+
+    def mixers(self) -> List[str]:
+        names = [self.mixer] * self.n_layers if isinstance(self.mixer, str) else list(self.mixer)
+        return names
+
+    def validate(self) -> "ModelConfig":
+        for name in ("vocab_size", "d_model", "n_layers", "max_len", "mlp_hidden"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        names = self.mixers()
+        if len(names) != self.n_layers:
+            raise ConfigError(f"mixer lists {len(names)} layers but n_layers={self.n_layers}")
+        for n in names:
+            if n not in MIXERS:
+                raise ConfigError(f"unknown mixer {n!r}; choose from {sorted(MIXERS)}")
+        used = set()
+        for n in set(names):
+            used |= _accepted_args(n)
+        stray = sorted(set(self.mixer_args) - used)
+        if stray:
+            raise ConfigError(f"mixer_args {stray} are not accepted by any mixer of this model ({sorted(set(names))})")
+        for reserved in ("d_model", "max_len"):
+            if reserved in self.mixer_args:
+                raise ConfigError(f"set {reserved} on the model, not in mixer_args")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}")
+        return cls(**d)
+
+
+def _accepted_args(mixer: str) -> set:
+    fields_ = {f.name for f in dataclasses.fields(_MIXER_CONFIG[mixer])}
+    if mixer == "relu":
+        fields_ -= set(ReLUAttention._fixed)
+    return fields_ - {"d_model", "max_len"}
+
+
+def build_mixer(name: str, d_model: int, max_len: int, mixer_args: dict) -> nn.Module:
+    if name not in MIXERS:
+        raise ConfigError(f"unknown mixer {name!r}; choose from {sorted(MIXERS)}")
+    args = {k: v for k, v in mixer_args.items() if k in _accepted_args(name)}
+    return MIXERS[name](d_model=d_model, max_len=max_len, **args)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: str):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = build_mixer(mixer, cfg.d_model, cfg.max_len, cfg.mixer_args)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
+
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.mixer(self.norm1(x), cache=cache, mask=mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, m) for m in config.mixers())
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights counted once
+        if exclude_embedding:
+            n -= self.embed.weight.numel()
+        return n
+
+    def new_caches(self, batch_size: int):
+        return [b.mixer.new_cache(batch_size) for b in self.blocks]
+
+    def hidden_states(self, idx, caches=None, mask=None):
+        if idx.dim() != 2:
+            raise ValueError(f"token ids must have shape (batch, seq_len), got {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if caches is None else caches[i], mask=mask)
+        return self.norm(x)
+
+    def forward(self, idx, targets=None, caches=None, mask=None):
+        """idx: (B, T) token ids. Returns logits (B, T, V), and the mean cross-entropy over the
+        targets that are not -100 when targets are given."""
+        logits = self.head(self.hidden_states(idx, caches, mask))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Continue ``prompt_ids`` ((T,) or (B, T)) by ``max_new_tokens`` tokens using the layer
+        caches (O(t) per token). temperature=0 is greedy. Returns prompt + continuation."""
+        squeeze = prompt_ids.dim() == 1
+        ids = prompt_ids[None] if squeeze else prompt_ids
+        if ids.shape[1] < 1:
+            raise ValueError("the prompt must hold at least one token")
+        if ids.shape[1] + max_new_tokens > self.config.max_len:
+            raise ValueError(
+                f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_len={self.config.max_len}"
+            )
+        gen = torch.Generator(device=ids.device)
+        gen.manual_seed(0 if seed is None else seed)
+        caches = self.new_caches(ids.shape[0])
+        logits = self(ids, caches=caches)[:, -1]
+        out = [ids]
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, gen)
+            out.append(nxt)
+            if step + 1 < max_new_tokens:
+                logits = self(nxt, caches=caches)[:, -1]
+        result = torch.cat(out, dim=1)
+        return result[0] if squeeze else result
+
+    # -- persistence: safetensors weights + JSON config beside them --------------------------
+    def save(self, directory: str) -> None:
+        from safetensors.torch import save_model
+
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, ".model.safetensors.tmp")
+        save_model(self, tmp)
+        os.replace(tmp, os.path.join(directory, "model.safetensors"))
+        write_json_atomic(os.path.join(directory, "config.json"), self.config.to_dict())
+
+    @classmethod
+    def load(cls, directory: str, map_location: str = "cpu") -> "LanguageModel":
+        from safetensors.torch import load_model
+
+        cfg_path = os.path.join(directory, "config.json")
+        weights = os.path.join(directory, "model.safetensors")
+        for p in (cfg_path, weights):
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"checkpoint is missing {p}")
+        with open(cfg_path) as f:
+            cfg = ModelConfig.from_dict(json.load(f))
+        model = cls(cfg)
+        try:
+            load_model(model, weights, strict=True, device=map_location)
+        except Exception as e:  # safetensors raises several types for corrupt/mismatched files
+            raise ValueError(f"checkpoint {weights} does not match its config: {e}".splitlines()[0]) from e
+        return model
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) next ids. temperature 0 = argmax."""
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
