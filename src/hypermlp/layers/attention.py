@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import AttentionConfig, build_config
-from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads
+from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
 
 
 class SoftmaxAttention(nn.Module):
@@ -59,7 +59,8 @@ class SoftmaxAttention(nn.Module):
         k = split_heads(self.k_proj(self._conv("conv_k", x, cache)), self.n_heads)
         v = split_heads(self.v_proj(self._conv("conv_v", x, cache)), self.n_heads)
         if cfg.rope:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
+            pos = token_positions(x, offset, mask, cache)
+            q, k = self.rotary(q, pos), self.rotary(k, pos)
         if cfg.qk_gate:
             q = q * torch.sigmoid(split_heads(self.q_gate(x), self.n_heads))
         if cache is not None:

@@ -48,6 +48,7 @@ class LayerCache:
         self.v: Optional[torch.Tensor] = None
         self.key_valid: Optional[torch.Tensor] = None
         self.has_padding = False
+        self.real_count: Optional[torch.Tensor] = None  # (B,) real tokens seen, for RoPE positions
         self.conv_state = {}
 
     def check_batch(self, x: torch.Tensor) -> None:
@@ -68,8 +69,22 @@ class LayerCache:
             self.key_valid[:, start : start + t] = valid
             self.has_padding = self.has_padding or not bool(valid.all())
         self.length = start + t
+        n_real = valid.sum(1) if valid is not None else torch.full((self.batch_size,), t, device=k.device)
+        self.real_count = n_real if self.real_count is None else self.real_count + n_real
         key_valid = self.key_valid[:, : self.length] if self.has_padding else None
         return self.k[:, :, : self.length], self.v[:, :, : self.length], key_valid
+
+
+def token_positions(x: torch.Tensor, offset: int, mask: Optional[torch.Tensor], cache: Optional[LayerCache]):
+    """Positions for RoPE. Without padding: offset .. offset+T-1. With padding they count real
+    tokens only (per row), so a left-padded row is rotated exactly as the same row unpadded
+    (this matters once a per-dimension gate follows RoPE: then only relative rotation is exact)."""
+    padded = mask is not None or (cache is not None and cache.has_padding)
+    if not padded:
+        return torch.arange(offset, offset + x.shape[1], device=x.device)
+    real = mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    before = cache.real_count if (cache is not None and cache.real_count is not None) else 0
+    return (real.long().cumsum(1) - 1 + (before[:, None] if torch.is_tensor(before) else before)).clamp(min=0)
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -92,20 +107,21 @@ class CausalDepthwiseConv(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (rotate-half convention) at absolute positions."""
+    """Rotary position embedding (rotate-half convention) at absolute positions.
+
+    The angles are computed in float64 for the positions at hand (cheap: T x head_dim/2), so
+    they stay exact at long positions and under any module dtype conversion."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None]
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
 
-    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        """x: (B, heads, T, head_dim) at positions offset .. offset+T-1."""
-        t = x.shape[2]
-        cos = self.cos[offset : offset + t].to(x.dtype)
-        sin = self.sin[offset : offset + t].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, heads, T, head_dim); positions: (T,) or (B, T) integer positions."""
+        angles = positions.to(torch.float64)[..., None] * self.inv_freq.to(x.device)
+        if angles.dim() == 3:  # per-row positions: broadcast over heads
+            angles = angles[:, None]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..config import ConfigError, HyperConfig, build_config
 from ..ops import hyper_core_chunked, hyper_core_reference
-from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads
+from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
 
 
 class DPLRTables(nn.Module):
@@ -102,7 +102,8 @@ class _HyperBase(nn.Module):
         k = split_heads(self.k_proj(xk), self.qk_heads)
         v = split_heads(self.v_proj(xv), self.n_heads)
         if cfg.rope:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
+            pos = token_positions(x, offset, mask, cache)
+            q, k = self.rotary(q, pos), self.rotary(k, pos)
         if cfg.qk_gate:
             q = q * torch.sigmoid(split_heads(self.q_gate(x), self.qk_heads))
         s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None
