@@ -54,7 +54,11 @@ def x_of(batch=2, t=17, seed=1):
 
 
 # -- property 1: causality ------------------------------------------------------------------
-@pytest.mark.parametrize("cls,sw", ALL_LAYERS + list(hyper_layers()))
+@pytest.mark.parametrize("cls,sw", ALL_LAYERS + list(hyper_layers()) + [
+    pytest.param(HyperGLU, dict(impl="reference"), id="HyperGLU-reference"),
+    pytest.param(HyperGLU, dict(layout="left"), id="HyperGLU-left"),
+    pytest.param(HyperMLP, dict(impl="reference", rope=True, qk_rank=16), id="HyperMLP-reference-rope"),
+])
 def test_causality(cls, sw):
     layer = make(cls, **sw)
     x = x_of()

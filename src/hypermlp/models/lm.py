@@ -66,15 +66,15 @@ class ModelConfig:
         for n in names:
             if n not in MIXERS:
                 raise ConfigError(f"unknown mixer {n!r}; choose from {sorted(MIXERS)}")
+        for reserved in ("d_model", "max_len"):
+            if reserved in self.mixer_args:
+                raise ConfigError(f"set {reserved} on the model, not in mixer_args")
         used = set()
         for n in set(names):
             used |= _accepted_args(n)
         stray = sorted(set(self.mixer_args) - used)
         if stray:
             raise ConfigError(f"mixer_args {stray} are not accepted by any mixer of this model ({sorted(set(names))})")
-        for reserved in ("d_model", "max_len"):
-            if reserved in self.mixer_args:
-                raise ConfigError(f"set {reserved} on the model, not in mixer_args")
         return self
 
     def to_dict(self) -> dict:
