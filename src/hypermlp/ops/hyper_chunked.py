@@ -5,13 +5,34 @@ Per block of C queries (absolute positions W-C .. W-1) against the W keys before
     scores (key layout) --skew--> lag layout --R(1)--> activation --R(2)--> --unskew--> readout
 
 In the lag layout every DPLR mixing is two thin matmuls against the lag-indexed tables, so no
-(C, W, r) gather is ever built. The skew is a pad + reshape (each row shifted by its position),
-the standard trick of relative-position attention. The activation's normalisation is applied to
-the readout (ReLU is positively homogeneous and R(2) and the readout are linear: SPEC §2.6).
+(C, W, r) gather is ever built. The activation's normalisation is applied to the readout (ReLU is
+positively homogeneous and R(2) and the readout are linear: SPEC §2.6).
 
-Autograd: ``_HyperChunkedFn`` keeps only its inputs; the backward recomputes one block at a time
-and back-propagates through it, so training memory grows like T*C, not T^2.
-Same argument conventions as ``hyper_reference.hyper_core_reference``.
+Memory layout (the part that makes it fast on a CPU)
+----------------------------------------------------
+* Everything is *head-major*: (heads, B, rows, cols). Per head the batch and the C query rows merge
+  into one row axis, so each DPLR mixing is one batched matmul against that head's table, with no
+  broadcast copy of the tables.
+* The lag layout lives in a buffer of row stride W+1. Writing a key-layout (C, W) block into it at
+  offset C-1 with row stride W (one ``F.pad``: the skew) makes every row land shifted by its own
+  position, so ``buf[..., :W]`` *is* the reversed-lag layout (column m = lag W-1-m, oldest first).
+  Read back with row stride W, the same memory is the key layout again (the unskew is a free
+  view), provided the pad column and the invalid top-left triangle (lags beyond the row's
+  position; C*(C-1)/2 entries) are zero. So the skew costs one copy and the unskew none.
+* Tables are reversed once per call (not once per block): a block sees the last W rows of
+  ``table[:, :S].flip(1)`` in the lag layout and the first W in the left layout.
+* Masking is a ``masked_fill_`` of the C*(C-1)/2 triangle, not a multiply by a full mask, unless
+  key padding is given.
+
+Autograd: ``_HyperChunkedFn`` saves its (head-major) inputs, the raw readout and 1/rho, all linear
+in T; its backward recomputes one block at a time and applies a hand-derived gradient of every
+step (readout, R(2), activation and normalisation, R(1), skew) - nothing of size T^2 is stored, and
+autograd never sees the block. The readable twin is ``hyper_reference.hyper_core_reference``; the
+tests check outputs and every gradient against it in float64.
+
+Decoding one token (T = 1, no grad) takes ``_decode_step``: for a single query the key layout is
+already the lag layout read backwards, so there is no skew at all, the tables are used unflipped
+(lag order) and only the (B, heads, S) score vectors are reversed, never the cached keys or values.
 """
 
 from __future__ import annotations
@@ -21,7 +42,11 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .hyper_reference import Tables, table_rows
+from .hyper_reference import Tables
+
+
+# ----------------------------------------------------------------------------------------------
+# layout helpers (public: the tests and the docs use them)
 
 
 def skew(x: torch.Tensor) -> torch.Tensor:
@@ -43,149 +68,507 @@ def unskew(x: torch.Tensor) -> torch.Tensor:
     return flat[..., c - 1 : c - 1 + c * (w + c - 1)].unflatten(-1, (c, w + c - 1))[..., :w]
 
 
-def _dplr(z: torch.Tensor, tables: Sequence[torch.Tensor], gate: torch.Tensor) -> torch.Tensor:
-    a, b, p = tables  # (h, W, r), (h, W, r), (h, W), rows = columns of z
-    return z + z * p[:, None, :] + ((z @ a) * gate) @ b.transpose(-1, -2)
+# ----------------------------------------------------------------------------------------------
+# one call: inputs made head-major once, tables reversed once
 
 
-def hyper_block(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    s1: Optional[torch.Tensor],
-    s2: Optional[torch.Tensor],
-    mix1: Optional[Sequence[torch.Tensor]],
-    mix2: Optional[Sequence[torch.Tensor]],
-    key_valid: Optional[torch.Tensor],
-    glu: bool,
-    layout: str,
-    eps: float,
-) -> torch.Tensor:
-    """One query block. q: (B, Hq, C, dk) for the last C of W positions; k, v: the W keys/values.
+class _Plan:
+    """Everything a call needs, prepared once: head-major inputs, reversed tables, masks."""
 
-    Tables must be given in this block's mixing orientation: column m of the mixing layout uses
-    row m (see ``_block_tables``).
-    """
-    c, w = q.shape[-2], k.shape[-2]
-    rows = torch.arange(c, device=q.device)[:, None]
-    cols = torch.arange(w, device=q.device)[None, :]
-    mask = (cols <= rows + (w - c))[None, None]  # causal, key layout
-    if key_valid is not None:
-        mask = mask & key_valid[:, None, None, :]
-    mask = mask.to(q.dtype)
+    def __init__(self, q, kp, vp, s1, s2, mix1, mix2, key_valid, glu, layout, offset, eps, chunk_size):
+        """q, s1, s2 head-major (heads, B, T, dim), contiguous; kp, vp head-major keys and values
+        with ``pad`` zero rows in front (see ``prepare``); mix1/mix2 reversed tables."""
+        self.glu, self.lag, self.offset, self.eps = glu, layout == "lag", offset, eps
+        self.chunk = max(1, int(chunk_size))
+        self.pad = self.pad_for(layout, self.chunk)
+        self.hq, self.batch, self.n_queries, _ = q.shape
+        self.h = vp.shape[0]
+        self.q, self.kp, self.vp, self.s1, self.s2 = q, kp, vp, s1, s2
+        self.k, self.v = kp[:, :, self.pad :], vp[:, :, self.pad :]
+        self.total = self.k.shape[2]
+        self.mix1, self.mix2 = mix1, mix2
+        # the diagonal as the factor (1 + p), shaped (heads, 1, 1, S) to broadcast over a block
+        self.diag1 = None if mix1 is None else (mix1[2] + 1)[:, None, None, :]
+        self.diag2 = None if mix2 is None else (mix2[2] + 1)[:, None, None, :]
+        self.key_valid = key_valid
+        self._tri = {}
 
-    z = (q @ k.transpose(-1, -2)) * mask
-    if layout == "lag":
-        z, mask = skew(z), skew(mask)
-    if mix1 is not None:
-        z = _dplr(z, mix1, s1) * mask
-    n_heads = v.shape[1]
-    if glu:
-        gate, scale = z[:, :n_heads], z[:, n_heads:]
-        act = F.softplus(scale) * F.relu(gate)  # zero wherever the gate is masked
-    else:
-        gate = z
-        act = F.relu(z)
-    inv_rho = torch.rsqrt((gate * gate).sum(-1, keepdim=True) + eps)
-    if mix2 is not None:
-        act = _dplr(act, mix2, s2) * mask
-    if layout == "lag":
-        act = unskew(act)
-    return (act @ v) * inv_rho
+    @staticmethod
+    def pad_for(layout: str, chunk: int) -> int:
+        return max(1, int(chunk)) - 1 if layout == "lag" else 0
+
+    @classmethod
+    def prepare(cls, q, k, v, s1, s2, mix1, mix2, key_valid, glu, layout, offset, eps, chunk_size):
+        """From the public (B, heads, T, dim) inputs and lag-indexed tables: head-major copies,
+        keys and values behind ``chunk-1`` zero rows (lag layout), tables reversed, everything in
+        the queries' dtype (under autocast the tables arrive in float32, the projections in bf16)."""
+        dtype = q.dtype
+        hm = lambda x: None if x is None else x.transpose(0, 1).to(dtype).contiguous()  # noqa: E731
+        pad = cls.pad_for(layout, chunk_size)
+
+        def padded(x):
+            out = x.new_empty(x.shape[1], x.shape[0], pad + x.shape[2], x.shape[3], dtype=dtype)
+            out[:, :, :pad] = 0
+            out[:, :, pad:] = x.transpose(0, 1)
+            return out
+
+        total = k.shape[2]
+
+        def rev(tables):
+            return None if tables is None else tuple(t[:, :total].flip(1).to(dtype).contiguous() for t in tables)
+
+        return cls(hm(q), padded(k), padded(v), hm(None if mix1 is None else s1), hm(None if mix2 is None else s2),
+                   rev(mix1), rev(mix2), key_valid, glu, layout, offset, eps, chunk_size)
+
+    def tensors(self):
+        m1 = self.mix1 if self.mix1 is not None else (None, None, None)
+        m2 = self.mix2 if self.mix2 is not None else (None, None, None)
+        return [self.q, self.kp, self.vp, self.s1, self.s2, *m1, *m2]
+
+    def scores(self, x: torch.Tensor, keys_p: torch.Tensor, c: int, w: int) -> torch.Tensor:
+        """x (n, B, C, d) against the first W keys of ``keys_p`` (padded), in the mixing layout
+        with the invalid entries zero.
+
+        Lag layout, skew for free: with K~ = the keys behind C-1 zero rows, the lag-layout entry
+        (i, m) is x_i . K~[m + i], i.e. entry (i, m + i) of X = x K~^T (C x (W+C-1)): a view of
+        X with row stride W+C. The triangle m < C-1-i reads the zero rows, so it is zero."""
+        n, batch = x.shape[0], self.batch
+        if not self.lag:
+            z = torch.matmul(x, keys_p[:, :, :w].transpose(-1, -2))
+            self.zero_invalid(z, c, w)
+            return z
+        start = self.pad - (c - 1)
+        width = w + c - 1
+        big = torch.matmul(x, keys_p[:, :, start : start + width].transpose(-1, -2))  # (n, B, C, W+C-1)
+        return big.as_strided((n, batch, c, w), (batch * c * width, c * width, width + 1, 1), big.storage_offset())
+
+    def table_cols(self, w: int) -> slice:
+        """Rows of the reversed tables that the W columns of a block use."""
+        return slice(self.total - w, self.total) if self.lag else slice(0, w)
+
+    def blocks(self):
+        for t0 in range(0, self.n_queries, self.chunk):
+            t1 = min(self.n_queries, t0 + self.chunk)
+            yield t0, t1, self.offset + t1
+
+    def triangle(self, c: int, device) -> torch.Tensor:
+        """(C, C-1) bool, True on the invalid entries of the mixing layout's C-1 edge columns."""
+        key = (c, str(device))
+        if key not in self._tri:
+            i = torch.arange(c, device=device)[:, None]
+            m = torch.arange(c - 1, device=device)[None, :]
+            # lag: columns 0..C-2 (oldest lags), invalid when m < C-1-i.
+            # left: columns W-C+1..W-1 (newest keys), invalid when m >= i.
+            self._tri[key] = (m < c - 1 - i) if self.lag else (m >= i)
+        return self._tri[key]
+
+    def mask(self, c: int, w: int, t_dtype) -> Optional[torch.Tensor]:
+        """Key padding in the mixing layout, (1, B, C, W) of 0/1 (causality included), or None."""
+        if self.key_valid is None:
+            return None
+        kv = self.key_valid[:, :w].to(t_dtype)[:, None, :].expand(self.batch, c, w)
+        if self.lag:
+            m = self.to_mix(kv[None].contiguous(), c, w)
+        else:
+            m = kv[None].clone()
+            self.zero_invalid(m, c, w)
+        return m
+
+    # -- layouts -------------------------------------------------------------------------------
+    def lag_buffer(self, like: torch.Tensor, heads: int, c: int, w: int, key_view: bool = True) -> torch.Tensor:
+        """An uninitialised mixing-layout block (heads, B, C, W). In the lag layout it is
+        ``buf[..., :W]`` of a (heads, B, C, W+1) buffer whose pad column is zeroed when the
+        block will be read back through ``key_view``."""
+        if not self.lag:
+            return like.new_empty(heads, self.batch, c, w)
+        buf = like.new_empty(heads, self.batch, c, w + 1)
+        if key_view:
+            buf[..., w] = 0
+        return buf[..., :w]
+
+    def zero_invalid(self, z: torch.Tensor, c: int, w: int) -> None:
+        """Zero the C*(C-1)/2 entries of a mixing-layout block that lie beyond each row's position."""
+        if c == 1:
+            return
+        tri = self.triangle(c, z.device)
+        if self.lag:
+            z[..., : c - 1].masked_fill_(tri, 0)
+        else:
+            z[..., w - c + 1 :].masked_fill_(tri, 0)
+
+    def to_mix(self, s: torch.Tensor, c: int, w: int) -> torch.Tensor:
+        """Key layout (heads, B, C, W) -> mixing layout, invalid entries zeroed. The skew is one
+        copy: the key-layout rows written with row stride W into a buffer of row stride W+1."""
+        if not self.lag:
+            z = s if s.is_contiguous() else s.contiguous()
+        else:
+            z = self.lag_buffer(s, s.shape[0], c, w, key_view=False)
+            self.key_view(z, c, w).copy_(s)
+        self.zero_invalid(z, c, w)
+        return z
+
+    def key_view(self, z: torch.Tensor, c: int, w: int) -> torch.Tensor:
+        """Mixing layout -> key layout. For the lag layout ``z`` must come from ``lag_buffer``
+        (read back, its pad column and invalid triangle must be zero): the unskew is a view."""
+        if not self.lag:
+            return z
+        n = z.shape[0]
+        base = z.as_strided((n, self.batch, c * (w + 1)), (self.batch * c * (w + 1), c * (w + 1), 1))
+        return base[..., c - 1 : c - 1 + c * w].view(n, self.batch, c, w)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(heads, B, C, n) -> (heads, B*C, n): a view for every block buffer (a copy for slices of
+    the (heads, B, T, n) inputs, which are small)."""
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+
+
+def _rows_out(x: torch.Tensor) -> torch.Tensor:
+    """As ``_rows`` for a tensor written in place: must be a view."""
+    return x.view(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+
+
+_threshold_bwd = torch.ops.aten.threshold_backward.grad_input
+_softplus_bwd = torch.ops.aten.softplus_backward.grad_input
+
+
+def _mergeable(x: torch.Tensor) -> bool:
+    return x.stride(1) == x.shape[2] * x.stride(2)
+
+
+def _times_table(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """z (heads, B, C, W) @ a (heads, W, r) -> (heads, B*C, r), one matmul per head."""
+    if _mergeable(z):
+        return torch.bmm(_rows_out(z), a)
+    heads, batch, c, _ = z.shape
+    return torch.matmul(z, a[:, None]).view(heads, batch * c, -1)
+
+
+def _table_grad(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum over (B, C) of z^T g: z (heads, B, C, W), g (heads, B*C, r) -> (heads, W, r)."""
+    if _mergeable(z):
+        return torch.bmm(_rows_out(z).transpose(1, 2), g)
+    heads, batch, c, _ = z.shape
+    return torch.matmul(z.transpose(-1, -2), g.view(heads, batch, c, -1)).sum(1)
+
+
+def _mix_fwd(z, tables, diag, cols, gate, out, u=None):
+    """DPLR mixing in the mixing layout: out = z * (1+p) + ((z A) * s) B^T (not masked).
+    ``out`` may be ``z`` itself when that is mergeable (in place); ``u`` = z A when already known
+    (saved by the forward). Returns (out, u, g = u * s), u and g as (heads, B*C, r)."""
+    a, b = tables[0][:, cols], tables[1][:, cols]
+    u = _times_table(z, a) if u is None else _rows(u)  # before z may be overwritten
+    g = u * _rows(gate)
+    torch.mul(z, diag[..., cols], out=out)
+    _rows_out(out).baddbmm_(g, b.transpose(1, 2))
+    return out, u, g
+
+
+def _mask(plan: _Plan, z: torch.Tensor, mask: Optional[torch.Tensor], c: int, w: int) -> None:
+    plan.zero_invalid(z, c, w)
+    if mask is not None:
+        z.mul_(mask)
+
+
+def _inv_rho(plan: _Plan, g: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(|g|^2 + eps) over the lags: (heads, B, C)."""
+    return torch.linalg.vector_norm(g, dim=-1).square_().add_(plan.eps).rsqrt_()
 
 
 # ----------------------------------------------------------------------------------------------
-# block slicing shared by the forward and the recomputing backward
-
-# positions in the flat input list
-Q, K, V, S1, S2, A1, B1, P1, A2, B2, P2 = range(11)
+# forward of one block (no autograd): intermediates are overwritten or freed as soon as possible,
+# so a block lives in (a few) buffers of (heads, B, C, W) that the allocator hands round again
 
 
-def _block_slices(inputs: List[Optional[torch.Tensor]], t0: int, t1: int, w: int, rows: slice):
-    """Views of every input that block [t0, t1) reads (W = number of keys it sees)."""
-    out = []
-    for idx, x in enumerate(inputs):
-        if x is None:
-            out.append(None)
-        elif idx in (Q, S1, S2):
-            out.append(x[:, :, t0:t1])
-        elif idx in (K, V):
-            out.append(x[:, :, :w])
-        else:  # tables, rows along dim 1
-            out.append(x[:, rows])
-    return out
+def _block_forward(plan: _Plan, t0: int, t1: int, w: int, saved_u=None):
+    """Raw readout (H, B, C, dv) and 1/rho (H, B, C) of queries t0..t1-1 against W keys.
+    ``saved_u``: (u1, u2) tensors (heads, B, T, r) that receive z A of each mixing (or None)."""
+    c, h = t1 - t0, plan.h
+    cols = plan.table_cols(w)
+    mask = plan.mask(c, w, plan.q.dtype)
+    z = plan.scores(plan.q[:, :, t0:t1], plan.kp, c, w)  # (Hq, B, C, W), mixing layout
+    if mask is not None:
+        z.mul_(mask)
+    if plan.mix1 is not None:
+        out = z if _mergeable(z) else z.new_empty(z.shape)
+        z, u, _ = _mix_fwd(z, plan.mix1, plan.diag1, cols, plan.s1[:, :, t0:t1], out)
+        if saved_u is not None:
+            saved_u[0][:, :, t0:t1] = u.view(plan.hq, plan.batch, c, -1)
+        # GLU: only the gate branch needs the mask (the scale branch is multiplied by relu(gate))
+        _mask(plan, z[:h] if plan.glu else z, mask, c, w)
+    # y: R(2)'s output (or the activation when R(2) is off), read back through the key view
+    y = plan.lag_buffer(z, h, c, w)
+    dest = y if plan.mix2 is None else None
+    if plan.glu:
+        g = z[:h]
+        act = F.softplus(z[h:])
+        # softplus > 0, so softplus(c) * relu(g) = max(softplus(c) * g, 0): no relu temporary
+        act = torch.mul(act, g, out=act if dest is None else dest).clamp_min_(0)
+    else:
+        g = z
+        act = torch.relu(g) if dest is None else torch.clamp_min(g, 0, out=dest)
+    inv = _inv_rho(plan, g)
+    del z, g
+    if plan.mix2 is not None:
+        _, u, _ = _mix_fwd(act, plan.mix2, plan.diag2, cols, plan.s2[:, :, t0:t1], y)
+        if saved_u is not None:
+            saved_u[1][:, :, t0:t1] = u.view(h, plan.batch, c, -1)
+        del act
+        _mask(plan, y, mask, c, w)
+    return torch.matmul(plan.key_view(y, c, w), plan.v[:, :, :w]), inv
 
 
-def _block_tables(tabs):
-    # both layouts use the tables with rows reversed: lag layout columns are oldest-lag first,
-    # left layout columns are key positions and key j uses row S-1-j.
-    return None if tabs[0] is None else tuple(t.flip(1) for t in tabs)
+def _forward(plan: _Plan, saved_u=None):
+    out = plan.v.new_empty(plan.h, plan.batch, plan.n_queries, plan.v.shape[-1])
+    inv = plan.v.new_empty(plan.h, plan.batch, plan.n_queries)
+    for t0, t1, w in plan.blocks():
+        out[:, :, t0:t1], inv[:, :, t0:t1] = _block_forward(plan, t0, t1, w, saved_u)
+    return out, inv
 
 
-def _run_block(sl, key_valid_w, glu, layout, eps):
-    return hyper_block(
-        sl[Q], sl[K], sl[V], sl[S1], sl[S2],
-        _block_tables(sl[A1:P1 + 1]), _block_tables(sl[A2:P2 + 1]),
-        key_valid_w, glu, layout, eps,
-    )
+# ----------------------------------------------------------------------------------------------
+# hand-derived backward of one block (recomputing its forward)
 
 
-def _blocks(n_queries: int, offset: int, total_len: int, chunk_size: int, layout: str):
-    for t0 in range(0, n_queries, chunk_size):
-        t1 = min(n_queries, t0 + chunk_size)
-        w = offset + t1
-        yield t0, t1, w, table_rows(layout, w, total_len)
+def _mix_bwd(dz_out, z_in, u, g, tables, diag, cols, gate, grads, names, out, scratch):
+    """Backward of z' = z*(1+p) + ((z A) * s) B^T for upstream dz' (already masked).
+
+    Accumulates the table gradients into ``grads`` (reversed-table coordinates) and returns
+    ds = (dz' B) * u. ``out`` receives dz = dz'*(1+p) + ((dz' B) * s) A^T once z is no longer
+    read (it may be ``z_in``'s buffer); ``scratch`` is a free buffer shaped like dz'.
+    """
+    a, b = tables[0][:, cols], tables[1][:, cols]
+    ga, gb, gp = names
+    if grads[gp] is not None:
+        grads[gp][:, cols] += torch.mul(dz_out, z_in, out=scratch).sum(dim=(1, 2))
+    dg = _times_table(dz_out, b)  # (heads, B*C, r)
+    if grads[gb] is not None:
+        grads[gb][:, cols] += _table_grad(dz_out, g)
+    du = dg * _rows(gate)
+    ds = (dg * u).view(gate.shape)
+    if grads[ga] is not None:
+        grads[ga][:, cols] += _table_grad(z_in, du)
+    torch.mul(dz_out, diag[..., cols], out=out)
+    _rows_out(out).baddbmm_(du, a.transpose(1, 2))
+    return ds
 
 
-def _forward_no_grad(inputs, key_valid, offset, chunk_size, glu, layout, eps):
-    q, v = inputs[Q], inputs[V]
-    batch, _, n_queries, _ = q.shape
-    out = q.new_empty(batch, v.shape[1], n_queries, v.shape[-1])
-    total_len = inputs[K].shape[2]
-    for t0, t1, w, rows in _blocks(n_queries, offset, total_len, chunk_size, layout):
-        sl = _block_slices(inputs, t0, t1, w, rows)
-        kv = None if key_valid is None else key_valid[:, :w]
-        out[:, :, t0:t1] = _run_block(sl, kv, glu, layout, eps)
-    return out
+# gradient slots (reversed tables for A, B, p)
+_GQ, _GK, _GV, _GS1, _GS2, _GA1, _GB1, _GP1, _GA2, _GB2, _GP2 = range(11)
+
+
+def _block_backward(plan: _Plan, t0, t1, w, d_out, o_raw, inv, saved_u, grads):
+    """d_out: (H, B, C, dv) upstream gradient of this block's output (head-major); o_raw, inv and
+    saved_u (z A of each mixing) as saved by the forward. Adds into ``grads``."""
+    c, h, hq, batch = t1 - t0, plan.h, plan.hq, plan.batch
+    cols = plan.table_cols(w)
+    mask = plan.mask(c, w, plan.q.dtype)
+    s1 = None if plan.s1 is None else plan.s1[:, :, t0:t1]
+    s2 = None if plan.s2 is None else plan.s2[:, :, t0:t1]
+
+    # -- recompute the forward, keeping what the backward reads
+    z0 = plan.scores(plan.q[:, :, t0:t1], plan.kp, c, w)
+    if mask is not None:
+        z0.mul_(mask)
+    if plan.mix1 is not None:
+        z1, u1, g1 = _mix_fwd(z0, plan.mix1, plan.diag1, cols, s1, z0.new_empty(z0.shape), saved_u[0][:, :, t0:t1])
+        _mask(plan, z1[:h] if plan.glu else z1, mask, c, w)  # as in the forward
+    else:
+        z1 = z0
+    y = plan.lag_buffer(z1, h, c, w)
+    if plan.glu:
+        g, sc = z1[:h], z1[h:]
+        sp = F.softplus(sc)
+        act = torch.mul(sp, g, out=None if plan.mix2 is not None else y).clamp_min_(0)
+    else:
+        g, sc, sp = z1, None, None
+        act = torch.relu(g) if plan.mix2 is not None else torch.clamp_min(g, 0, out=y)
+    if plan.mix2 is not None:
+        _, u2, g2 = _mix_fwd(act, plan.mix2, plan.diag2, cols, s2, y, saved_u[1][:, :, t0:t1])
+        _mask(plan, y, mask, c, w)
+
+    # -- readout: out = (Y_key @ v) * inv
+    d_inv = (d_out * o_raw).sum(-1)  # (H, B, C)
+    d_o = d_out * inv[..., None]
+    if grads[_GV] is not None:
+        y_key = plan.key_view(y, c, w)
+        gv = grads[_GV][:, :, :w].view(h * batch, w, -1)
+        gv.baddbmm_(y_key.reshape(h * batch, c, w).transpose(1, 2), d_o.reshape(h * batch, c, -1))
+        del y_key
+    d_y = plan.scores(d_o, plan.vp, c, w)  # = skew(d_o v^T): the skew is the adjoint of the unskew
+    if mask is not None:
+        d_y.mul_(mask)
+
+    # -- R(2)
+    if plan.mix2 is not None:
+        # y is free now; act's buffer takes d_act once the table gradients have read act
+        ds2 = _mix_bwd(d_y, act, u2, g2, plan.mix2, plan.diag2, cols, s2, grads, (_GA2, _GB2, _GP2), out=act, scratch=y)
+        if grads[_GS2] is not None:
+            grads[_GS2][:, :, t0:t1] = ds2
+        d_act = act
+    else:
+        d_act = d_y
+    del y, d_y, act
+
+    # -- activation and 1/rho (out depends on the gate branch g also through inv)
+    coef = (d_inv * inv.pow(3)).neg_()[..., None]
+    # d_z1 is d_z0 itself when R(1) is off: then it must be readable through the key view
+    d_z1 = z1.new_empty(z1.shape) if plan.mix1 is not None else plan.lag_buffer(z1, hq, c, w)
+    if plan.glu:
+        dg = torch.mul(d_act, sp, out=d_z1[:h])
+        _threshold_bwd(dg, g, 0, grad_input=dg)  # * (g > 0)
+        dg.addcmul_(g, coef)
+        dsc = torch.mul(d_act, g, out=d_z1[h:])
+        _threshold_bwd(dsc, g, 0, grad_input=dsc)  # d_act * relu(g)
+        _softplus_bwd(dsc, sc, 1, 20, grad_input=dsc)  # * sigmoid(sc), F.softplus's threshold
+    else:
+        dg = _threshold_bwd(d_act, g, 0, grad_input=d_z1)
+        dg.addcmul_(g, coef)
+    # d_z1 is zero wherever z1 is masked: every term there carries a factor z1 or (z1 > 0)
+    del d_act, sp, g, sc, dg
+
+    # -- R(1)
+    if plan.mix1 is not None:
+        d_z0 = plan.lag_buffer(z1, hq, c, w)
+        ds1 = _mix_bwd(d_z1, z0, u1, g1, plan.mix1, plan.diag1, cols, s1, grads, (_GA1, _GB1, _GP1), out=d_z0, scratch=z1)
+        if grads[_GS1] is not None:
+            grads[_GS1][:, :, t0:t1] = ds1
+        _mask(plan, d_z0, mask, c, w)
+    else:
+        d_z0 = d_z1
+    del z0, z1, d_z1
+    d_s = plan.key_view(d_z0, c, w)  # unskew = adjoint of the skew on the valid region
+
+    # -- scores = q k^T
+    if grads[_GQ] is not None:
+        grads[_GQ][:, :, t0:t1] = torch.matmul(d_s, plan.k[:, :, :w])
+    if grads[_GK] is not None:
+        gk = grads[_GK][:, :, :w].view(hq * batch, w, -1)
+        gk.baddbmm_(d_s.reshape(hq * batch, c, w).transpose(1, 2), plan.q[:, :, t0:t1].reshape(hq * batch, c, -1))
 
 
 class _HyperChunkedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, key_valid, meta, *inputs):
-        offset, chunk_size, glu, layout, eps = meta
-        ctx.meta = meta
-        ctx.key_valid = key_valid
-        ctx.none_mask = [x is None for x in inputs]
-        ctx.save_for_backward(*[x for x in inputs if x is not None])
-        with torch.no_grad():
-            return _forward_no_grad(list(inputs), key_valid, offset, chunk_size, glu, layout, eps)
+        offset, chunk, glu, layout, eps = meta
+        q, k, v, s1, s2, a1, b1, p1, a2, b2, p2 = inputs
+        mix1 = None if a1 is None else (a1, b1, p1)
+        mix2 = None if a2 is None else (a2, b2, p2)
+        plan = _Plan.prepare(q, k, v, s1, s2, mix1, mix2, key_valid, glu, layout, offset, eps, chunk)
+        saved_u = [None if m is None else x.new_empty(*x.shape[:-1], m[0].shape[-1])
+                   for m, x in ((plan.mix1, plan.q), (plan.mix2, plan.v))]
+        o_raw, inv = _forward(plan, saved_u)
+        ctx.meta, ctx.key_valid = meta, key_valid
+        ctx.shapes = [None if x is None else (x.shape, x.dtype) for x in inputs]
+        # saved: the head-major copies and reversed tables (the same size as the inputs), the raw
+        # readout, 1/rho and z A of each mixing (heads, B, T, r); all linear in T
+        kept = plan.tensors() + saved_u
+        ctx.none = [x is None for x in kept]
+        ctx.save_for_backward(*[x for x in kept if x is not None], o_raw, inv)
+        return (o_raw * inv[..., None]).transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad_out):
-        offset, chunk_size, glu, layout, eps = ctx.meta
-        saved = iter(ctx.saved_tensors)
-        inputs = [None if none else next(saved) for none in ctx.none_mask]
+        offset, chunk, glu, layout, eps = ctx.meta
+        saved = list(ctx.saved_tensors)
+        o_raw, inv = saved[-2:]
+        it = iter(saved[:-2])
+        t = [None if none else next(it) for none in ctx.none]
+        saved_u = t[11:13]
+        mix1 = None if t[5] is None else tuple(t[5:8])
+        mix2 = None if t[8] is None else tuple(t[8:11])
+        plan = _Plan(t[0], t[1], t[2], t[3], t[4], mix1, mix2, ctx.key_valid, glu, layout, offset, eps, chunk)
         needs = ctx.needs_input_grad[2:]
-        grads = [torch.zeros_like(x) if (x is not None and need) else None for x, need in zip(inputs, needs)]
-        total_len = inputs[K].shape[2]
-        n_queries = inputs[Q].shape[2]
-        for t0, t1, w, rows in _blocks(n_queries, offset, total_len, chunk_size, layout):
-            views = _block_slices(inputs, t0, t1, w, rows)
-            leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(views, needs)]
-            kv = None if ctx.key_valid is None else ctx.key_valid[:, :w]
-            with torch.enable_grad():
-                out = _run_block(leaves, kv, glu, layout, eps)
-                wanted = [i for i, x in enumerate(leaves) if x is not None and x.requires_grad]
-                block_grads = torch.autograd.grad(out, [leaves[i] for i in wanted], grad_out[:, :, t0:t1])
-            for i, g in zip(wanted, block_grads):
-                _block_slices_of(grads, i, t0, t1, w, rows).add_(g)
-        return (None, None, *grads)
+        d_out = grad_out.transpose(0, 1).to(plan.q.dtype)
+        grads: List[Optional[torch.Tensor]] = [None] * 11
+        ref = plan.q
+        zeros = lambda *shape: ref.new_zeros(*shape)  # noqa: E731
+        hq, h, batch, tq, s = plan.hq, plan.h, plan.batch, plan.n_queries, plan.total
+        if needs[_GQ]:
+            grads[_GQ] = ref.new_empty(hq, batch, tq, plan.q.shape[-1])
+        if needs[_GK]:
+            grads[_GK] = zeros(hq, batch, s, plan.k.shape[-1])
+        if needs[_GV]:
+            grads[_GV] = zeros(h, batch, s, plan.v.shape[-1])
+        if plan.mix1 is not None:
+            r = plan.mix1[0].shape[-1]
+            if needs[_GS1]:
+                grads[_GS1] = ref.new_empty(hq, batch, tq, r)
+            for slot, shape in ((_GA1, (hq, s, r)), (_GB1, (hq, s, r)), (_GP1, (hq, s))):
+                if needs[slot]:
+                    grads[slot] = zeros(*shape)
+        if plan.mix2 is not None:
+            r = plan.mix2[0].shape[-1]
+            if needs[_GS2]:
+                grads[_GS2] = ref.new_empty(h, batch, tq, r)
+            for slot, shape in ((_GA2, (h, s, r)), (_GB2, (h, s, r)), (_GP2, (h, s))):
+                if needs[slot]:
+                    grads[slot] = zeros(*shape)
+        for t0, t1, w in plan.blocks():
+            _block_backward(plan, t0, t1, w, d_out[:, :, t0:t1], o_raw[:, :, t0:t1], inv[:, :, t0:t1], saved_u, grads)
+
+        result: List[Optional[torch.Tensor]] = []
+        for slot, g in enumerate(grads):
+            if g is None:
+                result.append(None)
+                continue
+            shape, dtype = ctx.shapes[slot]
+            if slot <= _GS2:
+                result.append(g.transpose(0, 1).to(dtype))
+            else:  # reversed-table coordinates -> table rows, zero beyond the S rows used
+                full = g.new_zeros(shape, dtype=dtype)
+                full[:, :s] = g.flip(1)
+                result.append(full)
+        return (None, None, *result)
 
 
-def _block_slices_of(tensors, idx, t0, t1, w, rows):
-    one = [None] * len(tensors)
-    one[idx] = tensors[idx]
-    return _block_slices(one, t0, t1, w, rows)[idx]
+# ----------------------------------------------------------------------------------------------
+# one decoded token
+
+
+def _decode_mix(z, tables, gate):
+    """Lag-ordered DPLR mixing for a single query: z (B, heads, n) newest lag first."""
+    a, b, p = tables  # (heads, n, r) etc., lag-indexed (unflipped)
+    n = z.shape[-1]
+    zt = z.transpose(0, 1)  # (heads, B, n)
+    u = torch.bmm(zt, a[:, :n])  # (heads, B, r)
+    g = u * gate.transpose(0, 1)
+    out = torch.baddbmm(zt * (p[:, None, :n] + 1), g, b[:, :n].transpose(1, 2))
+    return out.transpose(0, 1)
+
+
+def _decode_step(q, k, v, s1, s2, mix1, mix2, glu, layout, eps, key_valid):
+    """T = 1 at position S-1: q (B, Hq, 1, dk), k (B, Hq, S, dk), v (B, H, S, dv)."""
+    n_heads = v.shape[1]
+    s = k.shape[2]
+    z = torch.matmul(q, k.transpose(-1, -2))[:, :, 0].flip(-1)  # (B, Hq, S), index = lag
+    valid = None if key_valid is None else key_valid[:, :s].flip(-1)[:, None, :].to(z.dtype)
+    if valid is not None:
+        z = z * valid
+    if layout == "lag":
+        rows = slice(0, s)
+    else:  # left layout at the last position of the sequence: the same rows (see table_rows)
+        rows = slice(0, s)
+    if mix1 is not None:
+        z = _decode_mix(z, tuple(t[:, rows] for t in mix1), s1[:, :, 0])
+        if valid is not None:
+            z = z * valid
+    if glu:
+        g, sc = z[:, :n_heads], z[:, n_heads:]
+        a = F.softplus(sc) * torch.relu(g)
+    else:
+        g = z
+        a = torch.relu(z)
+    inv = torch.rsqrt((g * g).sum(-1, keepdim=True) + eps)
+    if mix2 is not None:
+        a = _decode_mix(a, tuple(t[:, rows] for t in mix2), s2[:, :, 0])
+        if valid is not None:
+            a = a * valid
+    o = torch.matmul((a * inv).flip(-1)[:, :, None, :], v)  # (B, H, 1, dv)
+    return o
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def hyper_core_chunked(
@@ -204,15 +587,18 @@ def hyper_core_chunked(
     key_valid: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
 ) -> torch.Tensor:
+    """Same arguments and result as ``hyper_core_reference`` (B, H, T, dv); ``chunk_size`` is the
+    number of queries per block."""
     m1 = (None, None, None) if mix1 is None else tuple(mix1)
     m2 = (None, None, None) if mix2 is None else tuple(mix2)
-    inputs = [q, k, v, s1, s2, *m1, *m2]
-    if mix1 is None:
-        inputs[S1] = None
-    if mix2 is None:
-        inputs[S2] = None
+    inputs = [q, k, v, None if mix1 is None else s1, None if mix2 is None else s2, *m1, *m2]
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
-    meta = (offset, chunk_size, glu, layout, eps)
     if needs_grad:
+        meta = (offset, chunk_size, glu, layout, eps)  # the order tests/test_core_ops.py uses
         return _HyperChunkedFn.apply(key_valid, meta, *inputs)
-    return _forward_no_grad(inputs, key_valid, offset, chunk_size, glu, layout, eps)
+    with torch.no_grad():
+        if q.shape[2] == 1 and offset == k.shape[2] - 1:
+            return _decode_step(q, k, v, inputs[3], inputs[4], mix1, mix2, glu, layout, eps, key_valid)
+        plan = _Plan.prepare(q, k, v, s1, s2, mix1, mix2, key_valid, glu, layout, offset, eps, chunk_size)
+        out, inv = _forward(plan)
+        return (out * inv[..., None]).transpose(0, 1)
