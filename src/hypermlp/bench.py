@@ -172,7 +172,7 @@ def peak_extra_bytes(fn: Callable[[], object], env: Env) -> int:
         return int(torch.cuda.max_memory_allocated(env.device) - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         fn()
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
@@ -189,6 +189,27 @@ def peak_extra_bytes(fn: Callable[[], object], env: Env) -> int:
     # are tracked, so its value before the first event is the baseline.
     base = int(mem[0]["Total Allocated"]) - int(mem[0]["Bytes"])
     return int(max(int(m["Total Allocated"]) for m in mem) - base)
+
+
+class _quiet_stderr:
+    """Silence the profiler back end's start/stop lines (printed by C++ on fd 2)."""
+
+    def __enter__(self):
+        try:
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+        return False
 
 
 def saved_bytes(fn: Callable[[], object], exclude: List[torch.Tensor]) -> int:
@@ -696,6 +717,10 @@ def machine_info(env: Env) -> dict:
         pass
     if env.cuda:
         info["gpu"] = torch.cuda.get_device_name(env.device)
+    try:
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
     return info
 
 
@@ -716,6 +741,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, object] = {"machine": machine_info(env), "args": {k: v for k, v in vars(args).items()}}
     log(f"hypermlp bench: {results['machine'].get('cpu', '')} {env.device} {env.dtype_name}, "
         f"{torch.get_num_threads()} threads -> {args.out}")
+    load = results["machine"].get("loadavg_start")
+    if load and not env.cuda and load[0] > 0.5:
+        log(f"warning: load average {load[0]:.1f} before starting: other processes compete for the CPU and "
+            "inflate the times (intra-op threads wait for each other); ratios are less affected than absolute times")
     printed = []
     if "layer" in args.sections:
         results["layer"] = bench_layers(args, env, log)
@@ -734,11 +763,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         printed.append(f"\n## LM training: {lm['n_layers']} layers, d_model {args.d_model}, batch {lm['batch']} x {lm['seq_len']}, "
                        f"AdamW, times are the min of {args.lm_steps} steps; parameters {lm['matching']}\n")
         printed.append(format_lm_table(lm))
+    try:
+        results["machine"]["loadavg_end"] = os.getloadavg()
+    except OSError:
+        pass
     results["targets"] = check_targets(results)
     if results["targets"]:
         printed.append("\n## Targets\n")
         printed.append(format_targets(results["targets"]))
-    text = "\n".join(printed)
+    m = results["machine"]
+    header = (f"Machine: {m.get('cpu', m.get('processor'))}, {m.get('cpu_count')} CPUs, torch {m.get('torch')} "
+              f"({m.get('torch_threads')} threads), device {m.get('device')}, {m.get('dtype')}; load average "
+              f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end\n" if "loadavg_end" in m else "")
+    text = header + "\n".join(printed)
     print(text)
     json_path = os.path.join(args.out, "bench.json")
     with open(json_path, "w") as f:

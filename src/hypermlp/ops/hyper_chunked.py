@@ -255,10 +255,12 @@ def _table_grad(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def _mix_fwd(z, tables, diag, cols, gate, out, u=None):
     """DPLR mixing in the mixing layout: out = z * (1+p) + ((z A) * s) B^T (not masked).
     ``out`` may be ``z`` itself when that is mergeable (in place); ``u`` = z A when already known
-    (saved by the forward). Returns (out, u, g = u * s), u and g as (heads, B*C, r)."""
+    (saved by the forward). Returns (out, u, g = u * s), u as (heads, B, C, r), g as
+    (heads, B*C, r)."""
     a, b = tables[0][:, cols], tables[1][:, cols]
-    u = _times_table(z, a) if u is None else _rows(u)  # before z may be overwritten
-    g = u * _rows(gate)
+    if u is None:  # before z may be overwritten
+        u = _times_table(z, a).view(gate.shape)
+    g = _rows_out(u * gate)  # (heads, B*C, r)
     torch.mul(z, diag[..., cols], out=out)
     _rows_out(out).baddbmm_(g, b.transpose(1, 2))
     return out, u, g
@@ -293,7 +295,7 @@ def _block_forward(plan: _Plan, t0: int, t1: int, w: int, saved_u=None):
         out = z if _mergeable(z) else z.new_empty(z.shape)
         z, u, _ = _mix_fwd(z, plan.mix1, plan.diag1, cols, plan.s1[:, :, t0:t1], out)
         if saved_u is not None:
-            saved_u[0][:, :, t0:t1] = u.view(plan.hq, plan.batch, c, -1)
+            saved_u[0][:, :, t0:t1] = u
         # GLU: only the gate branch needs the mask (the scale branch is multiplied by relu(gate))
         _mask(plan, z[:h] if plan.glu else z, mask, c, w)
     # y: R(2)'s output (or the activation when R(2) is off), read back through the key view
@@ -312,7 +314,7 @@ def _block_forward(plan: _Plan, t0: int, t1: int, w: int, saved_u=None):
     if plan.mix2 is not None:
         _, u, _ = _mix_fwd(act, plan.mix2, plan.diag2, cols, plan.s2[:, :, t0:t1], y)
         if saved_u is not None:
-            saved_u[1][:, :, t0:t1] = u.view(h, plan.batch, c, -1)
+            saved_u[1][:, :, t0:t1] = u
         del act
         _mask(plan, y, mask, c, w)
     return torch.matmul(plan.key_view(y, c, w), plan.v[:, :, :w]), inv
@@ -340,14 +342,15 @@ def _mix_bwd(dz_out, z_in, u, g, tables, diag, cols, gate, grads, names, out, sc
     a, b = tables[0][:, cols], tables[1][:, cols]
     ga, gb, gp = names
     if grads[gp] is not None:
-        grads[gp][:, cols] += torch.mul(dz_out, z_in, out=scratch).sum(dim=(1, 2))
+        grads[gp][:, cols].add_(torch.mul(dz_out, z_in, out=scratch).sum(dim=(1, 2)))
     dg = _times_table(dz_out, b)  # (heads, B*C, r)
     if grads[gb] is not None:
-        grads[gb][:, cols] += _table_grad(dz_out, g)
-    du = dg * _rows(gate)
-    ds = (dg * u).view(gate.shape)
+        grads[gb][:, cols].add_(_table_grad(dz_out, g))
+    dg = dg.view(gate.shape)
+    du = _rows_out(dg * gate)
+    ds = dg * u
     if grads[ga] is not None:
-        grads[ga][:, cols] += _table_grad(z_in, du)
+        grads[ga][:, cols].add_(_table_grad(z_in, du))
     torch.mul(dz_out, diag[..., cols], out=out)
     _rows_out(out).baddbmm_(du, a.transpose(1, 2))
     return ds
