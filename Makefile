@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VENV)/bin/hypermlp compare --config configs/demo.yaml --out runs/demo
+	$(VENV)/bin/hypermlp compare --config configs/demo.yaml --out runs/demo --force
 
 bench: $(STAMP)
 	$(VENV)/bin/hypermlp bench --out runs/bench

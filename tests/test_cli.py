@@ -224,3 +224,26 @@ def test_bench_delegates_or_explains(capsys):
     else:
         assert main(["bench", "--help"]) == 0
         assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_compare_variants_build_their_own_mixer_arguments(tmp_path):
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text(
+        "mixers: [softmax, softmax_conv]\n"
+        "variants: {softmax_conv: {mixer: softmax, mixer_args: {conv_size: 4}}}\n"
+        "model: {d_model: 32, n_layers: 1, mixer_args: {n_heads: 2}}\n"
+        "tasks:\n"
+        "  - task: mad:in_context_recall\n"
+        "    data: {seq_len: 16, num_train: 64, num_test: 32}\n"
+        "    train: {epochs: 1, batch_size: 32}\n"
+    )
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(cfg), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for b in results["budgets"].values() for r in b["rows"]}
+    assert set(rows) == {"softmax", "softmax_conv"}
+    # the conv adds 2 * d * kernel parameters before matching, so the plain softmax is the one grown
+    assert rows["softmax_conv"]["params_before"] - rows["softmax"]["params_before"] == 2 * 32 * 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixers: [softmax, x]\nvariants: {x: {mixer: transformer}}\ntasks: [{task: lm}]\n")
+    assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2

@@ -11,7 +11,9 @@ than one 2-thread process on these tiny models.
 
 Suite config (YAML, see configs/demo.yaml)::
 
-    mixers: [softmax, relu, hypermlp, hyperglu]
+    mixers: [softmax, softmax_conv, relu, hypermlp, hyperglu]
+    variants:                             # optional: named mixers with their own arguments
+      softmax_conv: {mixer: softmax, mixer_args: {conv_size: 4}}
     seeds: [0, 1]
     workers: 2
     threads_per_worker: 1
@@ -49,7 +51,7 @@ from .train import TrainConfig, Trainer, TrainingError
 __all__ = ["DEFAULT_MIXERS", "run_compare", "load_suite", "machine_info"]
 
 DEFAULT_MIXERS = ["softmax", "relu", "hypermlp", "hyperglu"]
-SUITE_KEYS = {"mixers", "seeds", "workers", "threads_per_worker", "model", "budget", "tasks", "cache_dir", "device"}
+SUITE_KEYS = {"mixers", "variants", "seeds", "workers", "threads_per_worker", "model", "budget", "tasks", "cache_dir", "device"}
 TASK_KEYS = {"task", "label", "preset", "data", "train", "grid", "model"}
 # what each kind reports, the first is the one that picks the best grid point
 METRICS = {"mad": ["acc", "macro_acc"], "mqar": ["acc", "macro_acc"], "lm": ["val_loss", "val_bpb"]}
@@ -75,9 +77,17 @@ def load_suite(cfg: dict) -> dict:
         "device": cfg.get("device") or "auto",
         "tasks": [],
     }
+    # variants: named mixers with their own arguments, e.g. softmax with the Hyper layers' conv
+    suite["variants"] = {}
+    for name, v in (cfg.get("variants") or {}).items():
+        if not isinstance(v, dict) or v.get("mixer") not in MIXERS or set(v) - {"mixer", "mixer_args"}:
+            raise ConfigError(
+                f"variant {name!r} must be a mapping with 'mixer' (one of {sorted(MIXERS)}) and optional 'mixer_args'"
+            )
+        suite["variants"][name] = {"mixer": v["mixer"], "mixer_args": dict(v.get("mixer_args") or {})}
     for m in suite["mixers"]:
-        if m not in MIXERS:
-            raise ConfigError(f"unknown mixer {m!r}; choose from {sorted(MIXERS)}")
+        if m not in MIXERS and m not in suite["variants"]:
+            raise ConfigError(f"unknown mixer {m!r}; choose from {sorted(MIXERS)} or a name under 'variants'")
     if len(set(suite["mixers"])) != len(suite["mixers"]):
         raise ConfigError(f"mixers {suite['mixers']} repeat a name")
     for key in ("mixer", "vocab_size", "max_len"):
@@ -427,6 +437,10 @@ def run_compare(suite: dict, out_dir: str, config_text: str = "", command: str =
             base = {}
             for mixer in suite["mixers"]:
                 m = {"vocab_size": task.vocab_size, "max_len": task.seq_len, **suite["model"], **t["model"], "mixer": mixer}
+                if mixer in suite["variants"]:
+                    variant = suite["variants"][mixer]
+                    m["mixer"] = variant["mixer"]
+                    m["mixer_args"] = {**m.get("mixer_args", {}), **variant["mixer_args"]}
                 base[mixer] = ModelConfig.from_dict(m)
             matched, rows = match_budgets(base, **_budget_args(suite["budget"], base))
             key = f"{t['label']} / {t['settings_labels'][-1]} (vocab {task.vocab_size}, length {task.seq_len})"
