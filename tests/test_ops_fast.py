@@ -163,10 +163,15 @@ def test_depthwise_conv_matches_conv1d(kernel):
     rx, rw = torch.autograd.grad(ref, (x, conv.weight), gy)
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
-    # streaming in pieces with the carried state gives the same result
+    # streaming in pieces with the carried state gives the same result, also one step at a time
     y1, s1 = conv(x[:, :4])
     y2, _ = conv(x[:, 4:], s1)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), ref, rtol=1e-12, atol=1e-12)
+    state, steps = None, []
+    for i in range(x.shape[1]):
+        yi, state = conv(x[:, i : i + 1], state)
+        steps.append(yi)
+    torch.testing.assert_close(torch.cat(steps, dim=1), ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls,layout", [(HyperGLU, "lag"), (HyperMLP, "lag"), (HyperGLU, "left")])

@@ -106,9 +106,12 @@ class CausalDepthwiseConv(nn.Module):
         # shifted multiply-adds in the (B, T, C) layout: on CPU the depthwise conv1d needs two
         # transposed copies and its backward is ~20x slower than this.
         t, w = x.shape[1], self.weight[:, 0, :]  # (C, K)
-        y = xt[:, :t] * w[:, 0]
-        for i in range(1, self.kernel_size):
-            y = torch.addcmul(y, xt[:, i : i + t], w[:, i])
+        if t == 1:  # one decoded token: a single weighted sum over the window
+            y = (xt * w.t()).sum(1, keepdim=True)
+        else:
+            y = xt[:, :t] * w[:, 0]
+            for i in range(1, self.kernel_size):
+                y = torch.addcmul(y, xt[:, i : i + t], w[:, i])
         return y, xt[:, xt.shape[1] - (self.kernel_size - 1) :]
 
 

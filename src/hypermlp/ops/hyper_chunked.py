@@ -8,36 +8,44 @@ In the lag layout every DPLR mixing is two thin matmuls against the lag-indexed 
 (C, W, r) gather is ever built. The activation's normalisation is applied to the readout (ReLU is
 positively homogeneous and R(2) and the readout are linear: SPEC §2.6).
 
-Memory layout (the part that makes it fast on a CPU)
-----------------------------------------------------
-* Everything is *head-major*: (heads, B, rows, cols). Per head the batch and the C query rows merge
-  into one row axis, so each DPLR mixing is one batched matmul against that head's table, with no
-  broadcast copy of the tables.
-* The lag layout lives in a buffer of row stride W+1. Writing a key-layout (C, W) block into it at
-  offset C-1 with row stride W (one ``F.pad``: the skew) makes every row land shifted by its own
-  position, so ``buf[..., :W]`` *is* the reversed-lag layout (column m = lag W-1-m, oldest first).
-  Read back with row stride W, the same memory is the key layout again (the unskew is a free
-  view), provided the pad column and the invalid top-left triangle (lags beyond the row's
-  position; C*(C-1)/2 entries) are zero. So the skew costs one copy and the unskew none.
-* Tables are reversed once per call (not once per block): a block sees the last W rows of
-  ``table[:, :S].flip(1)`` in the lag layout and the first W in the left layout.
+Memory layout and passes (what makes it fast on a CPU)
+-----------------------------------------------------
+* Everything is *head-major*: (heads, B, rows, cols), so each DPLR mixing is one batched matmul
+  per head against that head's table, with no broadcast copy of the tables.
+* The skew costs nothing: with the keys stored once per call behind C-1 zero rows (K~), the
+  lag-layout entry (i, m) is q_i . K~[m + i], i.e. entry (i, m + i) of the plain matmul
+  X = q K~^T of shape (C, W+C-1). Read with row stride W+C, X *is* the reversed-lag layout
+  (column m = lag W-1-m, oldest first), and the lags beyond each row's position read the zero
+  rows, so they are already zero. The same trick gives the gradient d_o v^T in the lag layout.
+* The unskew costs nothing either: blocks that go back to the key layout (R(2)'s output for the
+  readout, the score gradient for dq/dk) are written into buffers of row stride W+1; read with
+  row stride W from offset C-1 they are the key layout, once the invalid triangle and the pad
+  column are zero - one ``masked_fill_`` of a (C, C) window per plane (``zero_readable``).
+* Tables are reversed once per call (not per block): a block uses the last W rows of
+  ``table[:, :S].flip(1)`` in the lag layout and the first W in the left layout (whose mixing
+  layout is the key layout, tables indexed by key position).
 * Masking is a ``masked_fill_`` of the C*(C-1)/2 triangle, not a multiply by a full mask, unless
-  key padding is given.
+  key padding is given; HyperGLU masks only its gate branch (the scale branch is multiplied by
+  relu(gate)). softplus(c) * relu(g) is computed as max(softplus(c) * g, 0) in place.
+* Within a block, intermediates are freed or overwritten as soon as they are dead, so the block
+  lives in a handful of (heads, B, C, W) buffers that the allocator hands round again.
 
-Autograd: ``_HyperChunkedFn`` saves its (head-major) inputs, the raw readout and 1/rho, all linear
-in T; its backward recomputes one block at a time and applies a hand-derived gradient of every
-step (readout, R(2), activation and normalisation, R(1), skew) - nothing of size T^2 is stored, and
-autograd never sees the block. The readable twin is ``hyper_reference.hyper_core_reference``; the
-tests check outputs and every gradient against it in float64.
+Autograd: ``_HyperChunkedFn`` saves the head-major inputs, the reversed tables, the raw readout,
+1/rho and z A of each mixing (heads, B, T, r): all linear in T. Its backward recomputes one block
+at a time and applies a hand-derived gradient of every step (readout, skew, R(2), activation and
+normalisation, R(1), scores): nothing of size T^2 is stored, autograd never sees the block, and
+the forward's readout is not recomputed. The readable twin is
+``hyper_reference.hyper_core_reference``; tests/test_ops_fast.py checks outputs and every gradient
+against it in float64 and runs ``gradcheck`` on the hand-written backward.
 
 Decoding one token (T = 1, no grad) takes ``_decode_step``: for a single query the key layout is
-already the lag layout read backwards, so there is no skew at all, the tables are used unflipped
-(lag order) and only the (B, heads, S) score vectors are reversed, never the cached keys or values.
+the lag layout read backwards, so there is no skew at all, the tables are used unflipped (lag
+order) and only the (heads, B, S) score vectors are reversed, never the cached keys or values.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -175,16 +183,15 @@ class _Plan:
         return m
 
     # -- layouts -------------------------------------------------------------------------------
-    def lag_buffer(self, like: torch.Tensor, heads: int, c: int, w: int, key_view: bool = True) -> torch.Tensor:
-        """An uninitialised mixing-layout block (heads, B, C, W). In the lag layout it is
-        ``buf[..., :W]`` of a (heads, B, C, W+1) buffer whose pad column is zeroed when the
-        block will be read back through ``key_view``."""
+    def lag_buffer(self, like: torch.Tensor, heads: int, c: int, w: int) -> torch.Tensor:
+        """An uninitialised mixing-layout block (heads, B, C, W). In the lag layout it is a view
+        with row stride W+1, at offset 1 of a flat buffer: the element before each row is the
+        previous row's pad column (see ``key_view`` and ``zero_readable``)."""
+        batch = self.batch
         if not self.lag:
-            return like.new_empty(heads, self.batch, c, w)
-        buf = like.new_empty(heads, self.batch, c, w + 1)
-        if key_view:
-            buf[..., w] = 0
-        return buf[..., :w]
+            return like.new_empty(heads, batch, c, w)
+        flat = like.new_empty(heads * batch * c * (w + 1) + 1)
+        return flat.as_strided((heads, batch, c, w), (batch * c * (w + 1), c * (w + 1), w + 1, 1), 1)
 
     def zero_invalid(self, z: torch.Tensor, c: int, w: int) -> None:
         """Zero the C*(C-1)/2 entries of a mixing-layout block that lie beyond each row's position."""
@@ -196,20 +203,37 @@ class _Plan:
         else:
             z[..., w - c + 1 :].masked_fill_(tri, 0)
 
+    def zero_readable(self, z: torch.Tensor, c: int, w: int) -> None:
+        """``zero_invalid`` for a block that will be read through ``key_view``: in the lag layout
+        the pad column must be zero too. Seen from one element before each row, the pad column of
+        the previous row and the row's invalid lags are one run: a (C, C) window per plane,
+        entry (i, m) invalid for m <= C-1-i; one masked_fill covers both."""
+        if not self.lag:
+            return self.zero_invalid(z, c, w)
+        if c == 1:  # a single row never reads its pad column
+            return
+        key = ("window", c, str(z.device))
+        if key not in self._tri:
+            i = torch.arange(c, device=z.device)[:, None]
+            m = torch.arange(c, device=z.device)[None, :]
+            self._tri[key] = m <= c - 1 - i
+        window = z.as_strided((*z.shape[:3], c), z.stride(), z.storage_offset() - 1)
+        window.masked_fill_(self._tri[key], 0)
+
     def to_mix(self, s: torch.Tensor, c: int, w: int) -> torch.Tensor:
         """Key layout (heads, B, C, W) -> mixing layout, invalid entries zeroed. The skew is one
         copy: the key-layout rows written with row stride W into a buffer of row stride W+1."""
         if not self.lag:
             z = s if s.is_contiguous() else s.contiguous()
         else:
-            z = self.lag_buffer(s, s.shape[0], c, w, key_view=False)
+            z = self.lag_buffer(s, s.shape[0], c, w)
             self.key_view(z, c, w).copy_(s)
         self.zero_invalid(z, c, w)
         return z
 
     def key_view(self, z: torch.Tensor, c: int, w: int) -> torch.Tensor:
         """Mixing layout -> key layout. For the lag layout ``z`` must come from ``lag_buffer``
-        (read back, its pad column and invalid triangle must be zero): the unskew is a view."""
+        and be zeroed by ``zero_readable``: the unskew is then a view."""
         if not self.lag:
             return z
         n = z.shape[0]
@@ -266,8 +290,12 @@ def _mix_fwd(z, tables, diag, cols, gate, out, u=None):
     return out, u, g
 
 
-def _mask(plan: _Plan, z: torch.Tensor, mask: Optional[torch.Tensor], c: int, w: int) -> None:
-    plan.zero_invalid(z, c, w)
+def _mask(plan: _Plan, z: torch.Tensor, mask: Optional[torch.Tensor], c: int, w: int, readable=False) -> None:
+    """Zero the invalid entries (and the pad column, when ``readable``), then key padding."""
+    if readable:
+        plan.zero_readable(z, c, w)
+    else:
+        plan.zero_invalid(z, c, w)
     if mask is not None:
         z.mul_(mask)
 
@@ -316,7 +344,9 @@ def _block_forward(plan: _Plan, t0: int, t1: int, w: int, saved_u=None):
         if saved_u is not None:
             saved_u[1][:, :, t0:t1] = u
         del act
-        _mask(plan, y, mask, c, w)
+        _mask(plan, y, mask, c, w, readable=True)
+    else:
+        plan.zero_readable(y, c, w)
     return torch.matmul(plan.key_view(y, c, w), plan.v[:, :, :w]), inv
 
 
@@ -388,7 +418,9 @@ def _block_backward(plan: _Plan, t0, t1, w, d_out, o_raw, inv, saved_u, grads):
         act = torch.relu(g) if plan.mix2 is not None else torch.clamp_min(g, 0, out=y)
     if plan.mix2 is not None:
         _, u2, g2 = _mix_fwd(act, plan.mix2, plan.diag2, cols, s2, y, saved_u[1][:, :, t0:t1])
-        _mask(plan, y, mask, c, w)
+        _mask(plan, y, mask, c, w, readable=True)
+    else:
+        plan.zero_readable(y, c, w)
 
     # -- readout: out = (Y_key @ v) * inv
     d_inv = (d_out * o_raw).sum(-1)  # (H, B, C)
@@ -429,6 +461,8 @@ def _block_backward(plan: _Plan, t0, t1, w, d_out, o_raw, inv, saved_u, grads):
         dg.addcmul_(g, coef)
     # d_z1 is zero wherever z1 is masked: every term there carries a factor z1 or (z1 > 0)
     del d_act, sp, g, sc, dg
+    if plan.mix1 is None:
+        plan.zero_readable(d_z1, c, w)  # its pad column
 
     # -- R(1)
     if plan.mix1 is not None:
@@ -436,7 +470,7 @@ def _block_backward(plan: _Plan, t0, t1, w, d_out, o_raw, inv, saved_u, grads):
         ds1 = _mix_bwd(d_z1, z0, u1, g1, plan.mix1, plan.diag1, cols, s1, grads, (_GA1, _GB1, _GP1), out=d_z0, scratch=z1)
         if grads[_GS1] is not None:
             grads[_GS1][:, :, t0:t1] = ds1
-        _mask(plan, d_z0, mask, c, w)
+        _mask(plan, d_z0, mask, c, w, readable=True)
     else:
         d_z0 = d_z1
     del z0, z1, d_z1
@@ -530,45 +564,44 @@ class _HyperChunkedFn(torch.autograd.Function):
 
 
 def _decode_mix(z, tables, gate):
-    """Lag-ordered DPLR mixing for a single query: z (B, heads, n) newest lag first."""
-    a, b, p = tables  # (heads, n, r) etc., lag-indexed (unflipped)
+    """Lag-ordered DPLR mixing of one query's scores z (heads, B, n), newest lag first; the
+    tables are used as they are (row = lag), gate is (B, heads, 1, r)."""
     n = z.shape[-1]
-    zt = z.transpose(0, 1)  # (heads, B, n)
-    u = torch.bmm(zt, a[:, :n])  # (heads, B, r)
-    g = u * gate.transpose(0, 1)
-    out = torch.baddbmm(zt * (p[:, None, :n] + 1), g, b[:, :n].transpose(1, 2))
-    return out.transpose(0, 1)
+    # (heads, n, r), (heads, n, r), (heads, n), lag-indexed; in z's dtype (autocast leaves the
+    # float32 tables alone and does not cast for in-place ops)
+    a, b, p = (t[:, :n].to(z.dtype) for t in tables)
+    g = torch.bmm(z, a).mul_(gate[:, :, 0].transpose(0, 1).to(z.dtype))  # (heads, B, r)
+    return torch.addcmul(z, z, p[:, None, :]).baddbmm_(g, b.transpose(1, 2))
 
 
-def _decode_step(q, k, v, s1, s2, mix1, mix2, glu, layout, eps, key_valid):
-    """T = 1 at position S-1: q (B, Hq, 1, dk), k (B, Hq, S, dk), v (B, H, S, dv)."""
-    n_heads = v.shape[1]
-    s = k.shape[2]
-    z = torch.matmul(q, k.transpose(-1, -2))[:, :, 0].flip(-1)  # (B, Hq, S), index = lag
-    valid = None if key_valid is None else key_valid[:, :s].flip(-1)[:, None, :].to(z.dtype)
+def _decode_step(q, k, v, s1, s2, mix1, mix2, glu, eps, key_valid):
+    """One query at position S-1 (T = 1, no grad): q (B, Hq, 1, dk), k (B, Hq, S, dk),
+    v (B, H, S, dv). For a single query the key layout is the lag layout read backwards, so
+    there is no skew; only the (heads, B, S) score vectors are reversed, never the cached keys
+    or values, and the tables are used unflipped. Both layouts use rows 0..S-1 here (for the
+    left layout the query is the last position of its sequence, see ``table_rows``)."""
+    h, s = v.shape[1], k.shape[2]
+    z = torch.matmul(q, k.transpose(-1, -2))[:, :, 0].transpose(0, 1).flip(-1)  # (Hq, B, S), lag order
+    valid = None if key_valid is None else key_valid[:, :s].flip(-1).to(z.dtype)  # (B, S)
     if valid is not None:
-        z = z * valid
-    if layout == "lag":
-        rows = slice(0, s)
-    else:  # left layout at the last position of the sequence: the same rows (see table_rows)
-        rows = slice(0, s)
+        z.mul_(valid)
     if mix1 is not None:
-        z = _decode_mix(z, tuple(t[:, rows] for t in mix1), s1[:, :, 0])
+        z = _decode_mix(z, mix1, s1)
         if valid is not None:
-            z = z * valid
+            z.mul_(valid)
     if glu:
-        g, sc = z[:, :n_heads], z[:, n_heads:]
-        a = F.softplus(sc) * torch.relu(g)
+        g = z[:h]
+        a = F.softplus(z[h:]).mul_(g).clamp_min_(0)  # softplus(c) * relu(g), softplus > 0
     else:
         g = z
         a = torch.relu(z)
-    inv = torch.rsqrt((g * g).sum(-1, keepdim=True) + eps)
+    # normalise now: R(2) and the readout are linear
+    a.mul_(torch.linalg.vector_norm(g, dim=-1, keepdim=True).square_().add_(eps).rsqrt_())
     if mix2 is not None:
-        a = _decode_mix(a, tuple(t[:, rows] for t in mix2), s2[:, :, 0])
+        a = _decode_mix(a, mix2, s2)
         if valid is not None:
-            a = a * valid
-    o = torch.matmul((a * inv).flip(-1)[:, :, None, :], v)  # (B, H, 1, dv)
-    return o
+            a.mul_(valid)
+    return torch.matmul(a.flip(-1).transpose(0, 1)[:, :, None, :], v)  # (B, H, 1, dv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,7 +634,7 @@ def hyper_core_chunked(
         return _HyperChunkedFn.apply(key_valid, meta, *inputs)
     with torch.no_grad():
         if q.shape[2] == 1 and offset == k.shape[2] - 1:
-            return _decode_step(q, k, v, inputs[3], inputs[4], mix1, mix2, glu, layout, eps, key_valid)
+            return _decode_step(q, k, v, inputs[3], inputs[4], mix1, mix2, glu, eps, key_valid)
         plan = _Plan.prepare(q, k, v, s1, s2, mix1, mix2, key_valid, glu, layout, offset, eps, chunk_size)
         out, inv = _forward(plan)
         return (out * inv[..., None]).transpose(0, 1)
