@@ -503,7 +503,7 @@ def _lm_configs(args):
     if args.lm_match == "budget":
         matched, _ = match_budgets(base, target=target, tol=0.01)
         return matched, "matched to the softmax model with hypermlp.budget.match_budgets (qk_rank, then MLP width)"
-    matched = {"softmax": base["softmax"]}
+    matched, off = {"softmax": base["softmax"]}, []
     for n, cfg in base.items():
         if n == "softmax":
             continue
@@ -511,7 +511,12 @@ def _lm_configs(args):
         per_unit = count_params(dataclasses.replace(cfg, mlp_hidden=cfg.mlp_hidden + 1)) - n0
         hidden = max(1, cfg.mlp_hidden + round((target - n0) / per_unit))
         matched[n] = dataclasses.replace(cfg, mlp_hidden=hidden)
-    return matched, "matched to the softmax model by the SwiGLU width only (mixers at their layer defaults)"
+        if abs(count_params(matched[n]) - target) > 0.01 * target:
+            off.append(n)
+    note = "matched to the softmax model by the SwiGLU width only (mixers at their layer defaults)"
+    if off:
+        note += f"; NOT within 1% for {', '.join(off)} (the SwiGLU width cannot absorb the difference)"
+    return matched, note
 
 
 def bench_lm(args, env: Env, log) -> dict:
@@ -736,8 +741,16 @@ def machine_info(env: Env) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _fill_defaults(args)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("hypermlp bench: error: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
@@ -751,7 +764,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     log(f"hypermlp bench: {results['machine'].get('cpu', '')} {env.device} {env.dtype_name}, "
         f"{torch.get_num_threads()} threads -> {args.out}")
     load = results["machine"].get("loadavg_start")
-    if load and not env.cuda and load[0] > 0.5:
+    if load and not env.cuda and load[0] > 1.0:
         log(f"warning: load average {load[0]:.1f} before starting: other processes compete for the CPU and "
             "inflate the times (intra-op threads wait for each other); ratios are less affected than absolute times")
     printed = []
