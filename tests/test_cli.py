@@ -247,3 +247,14 @@ def test_compare_variants_build_their_own_mixer_arguments(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("mixers: [softmax, x]\nvariants: {x: {mixer: transformer}}\ntasks: [{task: lm}]\n")
     assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_resume_from_the_run_folder_alone(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert main(lm_args(corpus, out, "--steps", "4", "--ckpt-every", "2")) == 0
+    # only --out and --resume: task, data, model and training settings come from run.yaml
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == list(range(1, 7))
+    capsys.readouterr()
+    assert_one_line_error(capsys, main(["train", "--out", str(tmp_path / "none"), "--resume"]), "no run to resume")

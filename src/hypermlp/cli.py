@@ -107,6 +107,14 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer, init_distributed
 
     cfg = _read_yaml(args.config)
+    if args.resume and not args.config and not args.task and args.out:
+        # `train --out RUN --resume`: the run's own record says what it was
+        run_file = os.path.join(args.out, "run.yaml")
+        if not os.path.exists(run_file):
+            raise UsageError(f"{args.out} holds no run to resume (no run.yaml)")
+        cfg = _read_yaml(run_file)
+        for derived in ("source", "vocab_size"):  # written for the reader, not settings
+            (cfg.get("data") or {}).pop(derived, None)
     bad = sorted(set(cfg) - {"task", "data", "model", "train", "out", "cache_dir"})
     if bad:
         raise UsageError(f"unknown top-level key(s) {bad} in {args.config}; known: cache_dir, data, model, out, task, train")
