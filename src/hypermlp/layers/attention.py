@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import AttentionConfig, build_config
-from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
+from .common import CausalDepthwiseConv, apply_conv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
 
 
 class SoftmaxAttention(nn.Module):
@@ -37,15 +37,6 @@ class SoftmaxAttention(nn.Module):
     def new_cache(self, batch_size: int) -> LayerCache:
         return LayerCache(batch_size, self.config.max_len)
 
-    def _conv(self, name, x, cache):
-        conv = getattr(self, name, None)
-        if conv is None:
-            return x
-        y, state = conv(x, cache.conv_state.get(name) if cache is not None else None)
-        if cache is not None:
-            cache.conv_state[name] = state
-        return y
-
     def forward(self, x: torch.Tensor, cache: Optional[LayerCache] = None, mask: Optional[torch.Tensor] = None):
         cfg = self.config
         offset = cache.length if cache is not None else 0
@@ -56,8 +47,8 @@ class SoftmaxAttention(nn.Module):
             x = x * mask[..., None].to(x.dtype)
         t = x.shape[1]
         q = split_heads(self.q_proj(x), self.n_heads)
-        k = split_heads(self.k_proj(self._conv("conv_k", x, cache)), self.n_heads)
-        v = split_heads(self.v_proj(self._conv("conv_v", x, cache)), self.n_heads)
+        k = split_heads(self.k_proj(apply_conv(self, "conv_k", x, cache)), self.n_heads)
+        v = split_heads(self.v_proj(apply_conv(self, "conv_v", x, cache)), self.n_heads)
         if cfg.rope:
             pos = token_positions(x, offset, mask, cache)
             q, k = self.rotary(q, pos), self.rotary(k, pos)

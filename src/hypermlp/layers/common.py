@@ -135,6 +135,18 @@ class Rotary(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def apply_conv(layer: nn.Module, name: str, x: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
+    """Run ``layer.<name>`` (a CausalDepthwiseConv, or absent = identity) over x, carrying its
+    last inputs in the cache between calls."""
+    conv = getattr(layer, name, None)
+    if conv is None:
+        return x
+    y, state = conv(x, cache.conv_state.get(name) if cache is not None else None)
+    if cache is not None:
+        cache.conv_state[name] = state
+    return y
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, T, heads*dim) -> (B, heads, T, dim), head-major."""
     b, t, _ = x.shape

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..config import ConfigError, HyperConfig, build_config
 from ..ops import hyper_core_chunked, hyper_core_reference
-from .common import CausalDepthwiseConv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
+from .common import CausalDepthwiseConv, apply_conv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
 
 
 class DPLRTables(nn.Module):
@@ -66,16 +66,6 @@ class _HyperBase(nn.Module):
         """An empty decoding cache; pass it as ``cache=`` to feed tokens incrementally."""
         return LayerCache(batch_size, self.config.max_len)
 
-    def _conv(self, name: str, x: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
-        conv = getattr(self, name, None)
-        if conv is None:
-            return x
-        state = cache.conv_state.get(name) if cache is not None else None
-        y, new_state = conv(x, state)
-        if cache is not None:
-            cache.conv_state[name] = new_state
-        return y
-
     def forward(
         self,
         x: torch.Tensor,
@@ -96,8 +86,8 @@ class _HyperBase(nn.Module):
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)  # padded inputs must not leak through the convs
 
-        xk = self._conv("conv_k", x, cache)
-        xv = self._conv("conv_v", x, cache)
+        xk = apply_conv(self, "conv_k", x, cache)
+        xv = apply_conv(self, "conv_v", x, cache)
         q = split_heads(self.q_proj(x), self.qk_heads)
         k = split_heads(self.k_proj(xk), self.qk_heads)
         v = split_heads(self.v_proj(xv), self.n_heads)
