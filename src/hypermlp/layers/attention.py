@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import AttentionConfig, build_config
-from .common import CausalDepthwiseConv, apply_conv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
+from .common import LayerCache, add_feature_layers, apply_conv, check_input, merge_heads, split_heads, token_positions
 
 
 class SoftmaxAttention(nn.Module):
@@ -18,21 +18,9 @@ class SoftmaxAttention(nn.Module):
         super().__init__()
         cfg = build_config(AttentionConfig, config, kwargs).validate()
         self.config = cfg
-        d, h = cfg.d_model, cfg.n_heads
+        h = cfg.n_heads
         self.n_heads = h
-        self.q_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-        self.k_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-        self.v_proj = nn.Linear(d, cfg.vo_rank, bias=False)
-        self.o_proj = nn.Linear(cfg.vo_rank, d, bias=False)
-        if cfg.conv_size:
-            self.conv_k = CausalDepthwiseConv(d, cfg.conv_size)
-            self.conv_v = CausalDepthwiseConv(d, cfg.conv_size)
-        if cfg.qk_gate:
-            self.q_gate = nn.Linear(d, cfg.qk_rank)
-        if cfg.out_gate:
-            self.out_gate = nn.Linear(d, cfg.vo_rank)
-        if cfg.rope:
-            self.rotary = Rotary(cfg.qk_rank // h, cfg.max_len, cfg.rope_base)
+        add_feature_layers(self, cfg, qk_heads=h)
 
     def new_cache(self, batch_size: int) -> LayerCache:
         return LayerCache(batch_size, self.config.max_len)

@@ -135,6 +135,26 @@ class Rotary(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def add_feature_layers(layer: nn.Module, cfg, qk_heads: int) -> None:
+    """Give a mixer the parts every layer family shares, under the same names: Q/K/V/O
+    projections (no bias), the causal convs on the K and V inputs, the q and readout gates, RoPE.
+    ``cfg`` is a HyperConfig or AttentionConfig; switches that are off add nothing."""
+    d = cfg.d_model
+    layer.q_proj = nn.Linear(d, cfg.qk_rank, bias=False)
+    layer.k_proj = nn.Linear(d, cfg.qk_rank, bias=False)
+    layer.v_proj = nn.Linear(d, cfg.vo_rank, bias=False)
+    layer.o_proj = nn.Linear(cfg.vo_rank, d, bias=False)
+    if cfg.conv_size:
+        layer.conv_k = CausalDepthwiseConv(d, cfg.conv_size)
+        layer.conv_v = CausalDepthwiseConv(d, cfg.conv_size)
+    if cfg.qk_gate:
+        layer.q_gate = nn.Linear(d, cfg.qk_rank)
+    if cfg.out_gate:
+        layer.out_gate = nn.Linear(d, cfg.vo_rank)
+    if cfg.rope:
+        layer.rotary = Rotary(cfg.qk_rank // qk_heads, cfg.max_len, cfg.rope_base)
+
+
 def apply_conv(layer: nn.Module, name: str, x: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
     """Run ``layer.<name>`` (a CausalDepthwiseConv, or absent = identity) over x, carrying its
     last inputs in the cache between calls."""

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..config import ConfigError, HyperConfig, build_config
 from ..ops import hyper_core_chunked, hyper_core_reference
-from .common import CausalDepthwiseConv, apply_conv, LayerCache, Rotary, check_input, merge_heads, split_heads, token_positions
+from .common import LayerCache, add_feature_layers, apply_conv, check_input, merge_heads, split_heads, token_positions
 
 
 class DPLRTables(nn.Module):
@@ -42,19 +42,7 @@ class _HyperBase(nn.Module):
         d, h, r, L = cfg.d_model, cfg.n_heads, cfg.seq_rank, cfg.max_len
         self.n_heads = h
         self.qk_heads = 2 * h if self.glu else h
-        self.q_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-        self.k_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-        self.v_proj = nn.Linear(d, cfg.vo_rank, bias=False)
-        self.o_proj = nn.Linear(cfg.vo_rank, d, bias=False)
-        if cfg.conv_size:
-            self.conv_k = CausalDepthwiseConv(d, cfg.conv_size)
-            self.conv_v = CausalDepthwiseConv(d, cfg.conv_size)
-        if cfg.qk_gate:
-            self.q_gate = nn.Linear(d, cfg.qk_rank)
-        if cfg.out_gate:
-            self.out_gate = nn.Linear(d, cfg.vo_rank)
-        if cfg.rope:
-            self.rotary = Rotary(cfg.qk_rank // self.qk_heads, L, cfg.rope_base)
+        add_feature_layers(self, cfg, qk_heads=self.qk_heads)
         if cfg.mix1:
             self.mix1_gate = nn.Linear(d, self.qk_heads * r)
             self.seq_mix1 = DPLRTables(self.qk_heads, L, r)
