@@ -17,10 +17,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import AttentionConfig, ConfigError, HyperConfig
+from .config import ConfigError
 from .models import LanguageModel, ModelConfig
+from .registry import get_mixer
 
-__all__ = ["BudgetError", "count_params", "qk_rank_step", "match_budgets", "format_budget_table"]
+__all__ = ["BudgetError", "count_params", "qk_rank_step", "solve_mlp_hidden", "match_budgets", "format_budget_table"]
 
 
 class BudgetError(ConfigError):
@@ -33,22 +34,18 @@ def count_params(cfg: ModelConfig) -> int:
         return LanguageModel(copy.deepcopy(cfg)).num_params()
 
 
-def _layer_defaults(mixer: str, d_model: int, mixer_args: dict) -> dict:
-    """The effective n_heads / qk_rank / rope of one layer, defaults filled in."""
-    cls = AttentionConfig if mixer == "softmax" else HyperConfig
-    keys = {"n_heads", "qk_rank", "rope"}
-    c = cls(d_model=d_model, **{k: v for k, v in mixer_args.items() if k in keys})
-    return {"n_heads": c.n_heads, "qk_rank": c.qk_rank, "rope": c.rope}
+def _layer_config(mixer: str, d_model: int, mixer_args: dict):
+    """One layer's config with its defaults filled in."""
+    return get_mixer(mixer).layer_config(d_model, **mixer_args)
 
 
 def qk_rank_step(cfg: ModelConfig) -> int:
     """Smallest qk_rank increment valid for every layer: a multiple of the score heads
-    (2*n_heads for hyperglu, n_heads otherwise), doubled where RoPE needs even head widths."""
+    (``MixerSpec.score_heads``), doubled where RoPE needs even head widths."""
     step = 1
     for mixer in set(cfg.mixers()):
-        lay = _layer_defaults(mixer, cfg.d_model, cfg.mixer_args)
-        heads = 2 * lay["n_heads"] if mixer == "hyperglu" else lay["n_heads"]
-        need = heads * (2 if lay["rope"] else 1)
+        lay = _layer_config(mixer, cfg.d_model, cfg.mixer_args)
+        need = get_mixer(mixer).score_heads(lay.n_heads) * (2 if lay.rope else 1)
         step = step * need // math.gcd(step, need)
     return step
 
@@ -56,7 +53,7 @@ def qk_rank_step(cfg: ModelConfig) -> int:
 def _current_qk_rank(cfg: ModelConfig) -> int:
     if "qk_rank" in cfg.mixer_args:
         return int(cfg.mixer_args["qk_rank"])
-    ranks = {_layer_defaults(m, cfg.d_model, cfg.mixer_args)["qk_rank"] for m in cfg.mixers()}
+    ranks = {_layer_config(m, cfg.d_model, cfg.mixer_args).qk_rank for m in cfg.mixers()}
     return max(ranks)  # hybrids with different defaults: report the larger
 
 
@@ -87,8 +84,9 @@ def _solve_qk(cfg: ModelConfig, target: int, qk_max: int) -> Tuple[int, int]:
     return best
 
 
-def _solve_hidden(cfg: ModelConfig, target: int) -> Tuple[int, int]:
-    """Best mlp_hidden (>= 1) for ``target`` with everything else fixed (params linear in it)."""
+def solve_mlp_hidden(cfg: ModelConfig, target: int) -> Tuple[int, int]:
+    """Best SwiGLU ``mlp_hidden`` (>= 1) for a ``target`` count with everything else fixed (the
+    count is linear in it); returns (mlp_hidden, count)."""
     h0 = cfg.mlp_hidden
     n0, n1 = count_params(cfg), count_params(_with(cfg, mlp_hidden=h0 + 1))
     per_unit = n1 - n0
@@ -151,10 +149,10 @@ def match_budgets(
             if abs(n - target) > 0.5 * tol * target:
                 # qk_rank alone cannot get there: move the MLP width, re-tune qk_rank on top,
                 # then let the (finer-grained) MLP width absorb what is left
-                hidden, _ = _solve_hidden(new, target)
+                hidden, _ = solve_mlp_hidden(new, target)
                 qk, _ = _solve_qk(_with(new, mlp_hidden=hidden), target, qk_max)
                 new = _with(new, qk_rank=qk, mlp_hidden=hidden)
-                hidden, n = _solve_hidden(new, target)
+                hidden, n = solve_mlp_hidden(new, target)
                 new = _with(new, mlp_hidden=hidden)
             if qk != qk0:
                 changed.append(f"qk_rank {qk0}->{qk}")

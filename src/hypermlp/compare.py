@@ -44,7 +44,8 @@ import torch
 
 from .budget import format_budget_table, match_budgets
 from .config import ConfigError
-from .models import MIXERS, ModelConfig
+from .models import ModelConfig
+from .registry import MIXERS
 from .tasks import build_task, default_cache_dir, mad_protocol, parse_task_name, resolve_train
 from .train import TrainConfig, Trainer, TrainingError
 

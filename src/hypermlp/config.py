@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """An invalid layer or model configuration."""
 
 
+def score_heads(n_heads: int, glu: bool) -> int:
+    """Q/K (score) heads of a layer with ``n_heads`` readout heads: HyperGLU pairs two score heads
+    per readout head (a gate branch ``0..n_heads-1`` and a scale branch ``n_heads..2n_heads-1``,
+    docs/math.md §2.6); every other mixer has one."""
+    return 2 * n_heads if glu else n_heads
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -71,7 +78,7 @@ class HyperConfig:
             raise ConfigError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ConfigError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
-        qk_heads = 2 * self.n_heads if glu else self.n_heads
+        qk_heads = score_heads(self.n_heads, glu)
         if self.qk_rank % qk_heads:
             raise ConfigError(
                 f"qk_rank={self.qk_rank} must be divisible by the number of score heads "

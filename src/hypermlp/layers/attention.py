@@ -14,6 +14,7 @@ from .common import LayerCache, add_feature_layers, apply_conv, check_input, mer
 
 
 class SoftmaxAttention(nn.Module):
+    config_cls = AttentionConfig
     def __init__(self, config: Optional[AttentionConfig] = None, **kwargs):
         super().__init__()
         cfg = build_config(AttentionConfig, config, kwargs).validate()

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError, HyperConfig, build_config
+from ..config import ConfigError, HyperConfig, build_config, score_heads
 from ..ops import hyper_core_chunked, hyper_core_reference
 from .common import LayerCache, add_feature_layers, apply_conv, check_input, merge_heads, split_heads, token_positions
 
@@ -33,6 +33,7 @@ class DPLRTables(nn.Module):
 
 
 class _HyperBase(nn.Module):
+    config_cls = HyperConfig
     glu = False
 
     def __init__(self, config: Optional[HyperConfig] = None, **kwargs):
@@ -41,7 +42,7 @@ class _HyperBase(nn.Module):
         self.config = cfg
         d, h, r, L = cfg.d_model, cfg.n_heads, cfg.seq_rank, cfg.max_len
         self.n_heads = h
-        self.qk_heads = 2 * h if self.glu else h
+        self.qk_heads = score_heads(h, self.glu)
         add_feature_layers(self, cfg, qk_heads=self.qk_heads)
         if cfg.mix1:
             self.mix1_gate = nn.Linear(d, self.qk_heads * r)
@@ -132,10 +133,10 @@ class ReLUAttention(HyperMLP):
     """ReLU attention: ReLU(L2Norm(q . k)) readout, i.e. HyperMLP with R(1) = R(2) = I.
     Takes the HyperMLP arguments except seq_rank, mix1, mix2 and layout."""
 
-    _fixed = ("seq_rank", "mix1", "mix2", "layout")
+    fixed_args = ("seq_rank", "mix1", "mix2", "layout")
 
     def __init__(self, config: Optional[HyperConfig] = None, **kwargs):
-        bad = [k for k in self._fixed if k in kwargs]
+        bad = [k for k in self.fixed_args if k in kwargs]
         if bad:
             raise ConfigError(f"ReLUAttention does not take {bad}: it has no sequence mixing")
         if config is not None:

@@ -1,3 +1,3 @@
-from .lm import MIXERS, LanguageModel, ModelConfig, build_mixer
+from .lm import LanguageModel, ModelConfig
 
-__all__ = ["LanguageModel", "ModelConfig", "MIXERS", "build_mixer"]
+__all__ = ["LanguageModel", "ModelConfig"]

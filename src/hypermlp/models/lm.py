@@ -8,32 +8,17 @@ the Hyper layers are position-aware through the lag layout and softmax attention
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import AttentionConfig, ConfigError, HyperConfig
-from ..layers import HyperGLU, HyperMLP, ReLUAttention, SoftmaxAttention
-
-MIXERS = {
-    "softmax": SoftmaxAttention,
-    "relu": ReLUAttention,
-    "hypermlp": HyperMLP,
-    "hyperglu": HyperGLU,
-}
-_MIXER_CONFIG = {
-    "softmax": AttentionConfig,
-    "relu": HyperConfig,
-    "hypermlp": HyperConfig,
-    "hyperglu": HyperConfig,
-}
-
+from ..config import ConfigError
+from ..registry import get_mixer
 
 @dataclass
 class ModelConfig:
@@ -63,15 +48,11 @@ class ModelConfig:
         names = self.mixers()
         if len(names) != self.n_layers:
             raise ConfigError(f"mixer lists {len(names)} layers but n_layers={self.n_layers}")
-        for n in names:
-            if n not in MIXERS:
-                raise ConfigError(f"unknown mixer {n!r}; choose from {sorted(MIXERS)}")
+        specs = {n: get_mixer(n) for n in names}  # unknown names -> ConfigError
         for reserved in ("d_model", "max_len"):
             if reserved in self.mixer_args:
                 raise ConfigError(f"set {reserved} on the model, not in mixer_args")
-        used = set()
-        for n in set(names):
-            used |= _accepted_args(n)
+        used = set().union(*(spec.accepted_args() for spec in specs.values()))
         stray = sorted(set(self.mixer_args) - used)
         if stray:
             raise ConfigError(f"mixer_args {stray} are not accepted by any mixer of this model ({sorted(set(names))})")
@@ -87,20 +68,6 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}")
         return cls(**d)
-
-
-def _accepted_args(mixer: str) -> set:
-    fields_ = {f.name for f in dataclasses.fields(_MIXER_CONFIG[mixer])}
-    if mixer == "relu":
-        fields_ -= set(ReLUAttention._fixed)
-    return fields_ - {"d_model", "max_len"}
-
-
-def build_mixer(name: str, d_model: int, max_len: int, mixer_args: dict) -> nn.Module:
-    if name not in MIXERS:
-        raise ConfigError(f"unknown mixer {name!r}; choose from {sorted(MIXERS)}")
-    args = {k: v for k, v in mixer_args.items() if k in _accepted_args(name)}
-    return MIXERS[name](d_model=d_model, max_len=max_len, **args)
 
 
 class RMSNorm(nn.Module):
@@ -128,7 +95,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, mixer: str):
         super().__init__()
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = build_mixer(mixer, cfg.d_model, cfg.max_len, cfg.mixer_args)
+        self.mixer = get_mixer(mixer).build(cfg.d_model, cfg.max_len, cfg.mixer_args)
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
