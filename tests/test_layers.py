@@ -171,7 +171,7 @@ def relu_l2_attention_direct(layer, x, eps):
 def test_hypermlp_reduces_to_relu_l2norm_attention():
     layer = make(HyperMLP, mix1=False, mix2=False, conv_size=0, qk_gate=False, out_gate=False)
     x = x_of()
-    torch.testing.assert_close(layer(x), relu_l2_attention_direct(layer, x, layer.config.norm_eps), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer(x), relu_l2_attention_direct(layer, x, layer.config.rho_eps), rtol=1e-10, atol=1e-12)
     # with the mixings on, it does not (the comparison above can fail)
     mixed = make(HyperMLP, conv_size=0, qk_gate=False, out_gate=False)
     assert (mixed(x) - relu_l2_attention_direct(mixed, x, 1e-12)).abs().max() > 1e-3
@@ -180,8 +180,9 @@ def test_hypermlp_reduces_to_relu_l2norm_attention():
 def test_relu_attention_matches_its_definition():
     layer = make(ReLUAttention, conv_size=0, qk_gate=False, out_gate=False)
     x = x_of()
-    torch.testing.assert_close(layer(x), relu_l2_attention_direct(layer, x, layer.config.norm_eps), rtol=1e-10, atol=1e-12)
-    assert not hasattr(layer, "seq_mix1") and not hasattr(layer, "seq_mix2")
+    torch.testing.assert_close(layer(x), relu_l2_attention_direct(layer, x, layer.config.rho_eps), rtol=1e-10, atol=1e-12)
+    assert layer.seq_mix1 is None and layer.seq_mix2 is None
+    assert not any(name.startswith(("seq_mix", "mix1", "mix2")) for name, _ in layer.named_parameters())
 
 
 def rope_direct(x, positions, base=10000.0):

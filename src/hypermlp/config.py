@@ -54,7 +54,7 @@ class HyperConfig:
     mix1: bool = True  # R(1) on the scores
     mix2: bool = True  # R(2) on the activated scores
     layout: str = "lag"  # "lag" (tables indexed by lag) or "left" (ablation, see ops)
-    norm_eps: float = 1e-12  # rho(z) = sqrt(||z||^2 + norm_eps)
+    rho_eps: float = 1e-12  # rho(z) = sqrt(||z||^2 + rho_eps), docs/math.md §2.6
     impl: str = "chunked"  # "reference" (readable ground truth) or "chunked"
     chunk_size: int = 64  # query block size of the chunked implementation
     rope_base: float = 10000.0
@@ -76,8 +76,8 @@ class HyperConfig:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.impl not in IMPLS:
             raise ConfigError(f"impl must be one of {IMPLS}, got {self.impl!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ConfigError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
+        if isinstance(self.rho_eps, bool) or not (isinstance(self.rho_eps, (int, float)) and self.rho_eps > 0):
+            raise ConfigError(f"rho_eps must be a positive number, got {self.rho_eps!r}")
         qk_heads = score_heads(self.n_heads, glu)
         if self.qk_rank % qk_heads:
             raise ConfigError(

@@ -1,4 +1,5 @@
-"""Pieces shared by every mixer: input checks, causal depthwise conv, RoPE, the decoding cache."""
+"""Pieces every mixer is built from: input checks, the causal depthwise conv, RoPE and its
+positions, head splitting."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def check_input(x: torch.Tensor, d_model: int, max_len: int, offset: int, mask: Optional[torch.Tensor]):
@@ -33,49 +33,7 @@ def check_input(x: torch.Tensor, d_model: int, max_len: int, offset: int, mask: 
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match input (batch, seq_len) = {tuple(x.shape[:2])}")
 
 
-class LayerCache:
-    """Decoding state of one mixer layer: keys and values of all past tokens (after conv and
-    projection; RoPE already applied), which of them are real tokens, and the last kernel-1
-    inputs of each conv. Buffers are allocated once, at max_len, on the first call."""
-
-    def __init__(self, batch_size: int, max_len: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.length = 0
-        self.k: Optional[torch.Tensor] = None
-        self.v: Optional[torch.Tensor] = None
-        self.key_valid: Optional[torch.Tensor] = None
-        self.has_padding = False
-        self.real_count: Optional[torch.Tensor] = None  # (B,) real tokens seen, for RoPE positions
-        self.conv_state = {}
-
-    def check_batch(self, x: torch.Tensor) -> None:
-        if x.shape[0] != self.batch_size:
-            raise ValueError(f"cache was made for batch size {self.batch_size}, input has batch size {x.shape[0]}")
-
-    def append(self, k: torch.Tensor, v: torch.Tensor, valid: Optional[torch.Tensor]):
-        """Store the new keys/values (B, heads, T, dim) and return everything seen so far."""
-        start, t = self.length, k.shape[2]
-        if self.k is None:
-            b = self.batch_size
-            self.k = k.new_zeros(b, k.shape[1], self.max_len, k.shape[3])
-            self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[3])
-            self.key_valid = torch.ones(b, self.max_len, dtype=torch.bool, device=k.device)
-        self.k[:, :, start : start + t] = k
-        self.v[:, :, start : start + t] = v
-        if valid is not None:
-            self.key_valid[:, start : start + t] = valid
-            self.has_padding = self.has_padding or not bool(valid.all())
-        self.length = start + t
-        n_real = valid.sum(1) if valid is not None else torch.full((self.batch_size,), t, device=k.device)
-        self.real_count = n_real if self.real_count is None else self.real_count + n_real
-        key_valid = self.key_valid[:, : self.length] if self.has_padding else None
-        return self.k[:, :, : self.length], self.v[:, :, : self.length], key_valid
-
-
-def token_positions(x: torch.Tensor, offset: int, mask: Optional[torch.Tensor], cache: Optional[LayerCache]):
+def token_positions(x: torch.Tensor, offset: int, mask: Optional[torch.Tensor], cache: Optional["LayerCache"]):
     """Positions for RoPE. Without padding: offset .. offset+T-1. With padding they count real
     tokens only (per row), so a left-padded row is rotated exactly as the same row unpadded
     (this matters once a per-dimension gate follows RoPE: then only relative rotation is exact)."""
@@ -133,38 +91,6 @@ class Rotary(nn.Module):
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-def add_feature_layers(layer: nn.Module, cfg, qk_heads: int) -> None:
-    """Give a mixer the parts every layer family shares, under the same names: Q/K/V/O
-    projections (no bias), the causal convs on the K and V inputs, the q and readout gates, RoPE.
-    ``cfg`` is a HyperConfig or AttentionConfig; switches that are off add nothing."""
-    d = cfg.d_model
-    layer.q_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-    layer.k_proj = nn.Linear(d, cfg.qk_rank, bias=False)
-    layer.v_proj = nn.Linear(d, cfg.vo_rank, bias=False)
-    layer.o_proj = nn.Linear(cfg.vo_rank, d, bias=False)
-    if cfg.conv_size:
-        layer.conv_k = CausalDepthwiseConv(d, cfg.conv_size)
-        layer.conv_v = CausalDepthwiseConv(d, cfg.conv_size)
-    if cfg.qk_gate:
-        layer.q_gate = nn.Linear(d, cfg.qk_rank)
-    if cfg.out_gate:
-        layer.out_gate = nn.Linear(d, cfg.vo_rank)
-    if cfg.rope:
-        layer.rotary = Rotary(cfg.qk_rank // qk_heads, cfg.max_len, cfg.rope_base)
-
-
-def apply_conv(layer: nn.Module, name: str, x: torch.Tensor, cache: Optional[LayerCache]) -> torch.Tensor:
-    """Run ``layer.<name>`` (a CausalDepthwiseConv, or absent = identity) over x, carrying its
-    last inputs in the cache between calls."""
-    conv = getattr(layer, name, None)
-    if conv is None:
-        return x
-    y, state = conv(x, cache.conv_state.get(name) if cache is not None else None)
-    if cache is not None:
-        cache.conv_state[name] = state
-    return y
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

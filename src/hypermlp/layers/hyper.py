@@ -1,4 +1,4 @@
-"""HyperMLP, HyperGLU and ReLU attention layers (SPEC.md §2-§4).
+"""HyperMLP, HyperGLU and ReLU attention layers (docs/math.md §2, §5).
 
 All three share one module: projections, the short causal convs on the key and value inputs, the
 feature gates, the two DPLR sequence mixings and the decoding cache. What differs is the core:
@@ -14,8 +14,25 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, HyperConfig, build_config, score_heads
-from ..ops import hyper_core_chunked, hyper_core_reference
-from .common import LayerCache, add_feature_layers, apply_conv, check_input, merge_heads, split_heads, token_positions
+try:  # TEMPORARY until the ops restructure lands
+    from ..ops import Tables, hyper_core
+except ImportError:
+    from typing import NamedTuple
+
+    from ..ops import hyper_core_chunked, hyper_core_reference
+
+    class Tables(NamedTuple):
+        A: torch.Tensor
+        B: torch.Tensor
+        p: torch.Tensor
+
+    def hyper_core(*args, impl="chunked", chunk_size=64, **kw):
+        if impl == "reference":
+            return hyper_core_reference(*args, **kw)
+        return hyper_core_chunked(*args, chunk_size=chunk_size, **kw)
+from .base import ProjectedMixer
+from .cache import LayerCache
+from .common import split_heads
 
 
 class DPLRTables(nn.Module):
@@ -28,32 +45,24 @@ class DPLRTables(nn.Module):
         self.B = nn.Parameter(torch.randn(heads, max_len, rank) * 0.02)
         self.p = nn.Parameter(torch.zeros(heads, max_len))
 
-    def tables(self):
-        return (self.A, self.B, self.p)
+    def tables(self) -> Tables:
+        return Tables(self.A, self.B, self.p)
 
 
-class _HyperBase(nn.Module):
+class _HyperBase(ProjectedMixer):
     config_cls = HyperConfig
     glu = False
 
     def __init__(self, config: Optional[HyperConfig] = None, **kwargs):
-        super().__init__()
         cfg = build_config(HyperConfig, config, kwargs).validate(glu=self.glu)
-        self.config = cfg
         d, h, r, L = cfg.d_model, cfg.n_heads, cfg.seq_rank, cfg.max_len
-        self.n_heads = h
-        self.qk_heads = score_heads(h, self.glu)
-        add_feature_layers(self, cfg, qk_heads=self.qk_heads)
-        if cfg.mix1:
-            self.mix1_gate = nn.Linear(d, self.qk_heads * r)
-            self.seq_mix1 = DPLRTables(self.qk_heads, L, r)
-        if cfg.mix2:
-            self.mix2_gate = nn.Linear(d, h * r)
-            self.seq_mix2 = DPLRTables(h, L, r)
-
-    def new_cache(self, batch_size: int) -> LayerCache:
-        """An empty decoding cache; pass it as ``cache=`` to feed tokens incrementally."""
-        return LayerCache(batch_size, self.config.max_len)
+        hq = score_heads(h, self.glu)
+        super().__init__(cfg, qk_heads=hq)  # projections, convs, feature gates, RoPE
+        # R(1) on the scores of each score head, R(2) on the activated scores of each readout head
+        self.mix1_gate = nn.Linear(d, hq * r) if cfg.mix1 else None  # s1(x), (Hq, r) per token
+        self.seq_mix1 = DPLRTables(hq, L, r) if cfg.mix1 else None
+        self.mix2_gate = nn.Linear(d, h * r) if cfg.mix2 else None  # s2(x), (H, r) per token
+        self.seq_mix2 = DPLRTables(h, L, r) if cfg.mix2 else None
 
     def forward(
         self,
@@ -68,46 +77,19 @@ class _HyperBase(nn.Module):
         output (their own outputs are zero).
         """
         cfg = self.config
-        offset = cache.length if cache is not None else 0
-        check_input(x, cfg.d_model, cfg.max_len, offset, mask)
-        if cache is not None:
-            cache.check_batch(x)
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)  # padded inputs must not leak through the convs
-
-        xk = apply_conv(self, "conv_k", x, cache)
-        xv = apply_conv(self, "conv_v", x, cache)
-        q = split_heads(self.q_proj(x), self.qk_heads)
-        k = split_heads(self.k_proj(xk), self.qk_heads)
-        v = split_heads(self.v_proj(xv), self.n_heads)
-        if cfg.rope:
-            pos = token_positions(x, offset, mask, cache)
-            q, k = self.rotary(q, pos), self.rotary(k, pos)
-        if cfg.qk_gate:
-            q = q * torch.sigmoid(split_heads(self.q_gate(x), self.qk_heads))
-        s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None
-        s2 = torch.sigmoid(split_heads(self.mix2_gate(x), self.n_heads)) if cfg.mix2 else None
-
-        if cache is not None:
-            k, v, key_valid = cache.append(k, v, mask)
-        else:
-            key_valid = mask if (mask is not None and not bool(mask.all())) else None
-
-        mix1 = self.seq_mix1.tables() if cfg.mix1 else None
-        mix2 = self.seq_mix2.tables() if cfg.mix2 else None
-        common = dict(glu=self.glu, layout=cfg.layout, offset=offset, eps=cfg.norm_eps, key_valid=key_valid)
-        if cfg.impl == "reference":
-            o = hyper_core_reference(q, k, v, s1, s2, mix1, mix2, **common)
-        else:
-            o = hyper_core_chunked(q, k, v, s1, s2, mix1, mix2, chunk_size=cfg.chunk_size, **common)
-
-        o = merge_heads(o)
-        if cfg.out_gate:
-            o = o * torch.sigmoid(self.out_gate(x))
-        out = self.o_proj(o)
-        if mask is not None:
-            out = out * mask[..., None].to(out.dtype)
-        return out
+        x, offset = self.begin(x, cache, mask)  # checked; padded rows zeroed
+        q, k, v = self.project(x, offset, cache, mask)  # (B, Hq, T, dk), (B, Hq, T, dk), (B, H, T, dv)
+        s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None  # (B, Hq, T, r)
+        s2 = torch.sigmoid(split_heads(self.mix2_gate(x), self.n_heads)) if cfg.mix2 else None  # (B, H, T, r)
+        k, v, key_valid = self.all_keys(k, v, cache, mask)  # (B, Hq, S, dk), (B, H, S, dv), (B, S) | None
+        o = hyper_core(  # (B, H, T, dv), already divided by rho
+            q, k, v, s1, s2,
+            self.seq_mix1.tables() if cfg.mix1 else None,
+            self.seq_mix2.tables() if cfg.mix2 else None,
+            glu=self.glu, layout=cfg.layout, offset=offset, eps=cfg.rho_eps, key_valid=key_valid,
+            impl=cfg.impl, chunk_size=cfg.chunk_size,
+        )
+        return self.finish(o, x, mask)  # (B, T, d)
 
     def extra_repr(self) -> str:
         c = self.config
