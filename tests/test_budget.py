@@ -1,4 +1,4 @@
-"""Matched parameter budgets (SPEC §5): every model within 1% of the others, counts real."""
+"""Matched parameter budgets (docs/math.md §6): every model within 1% of the others, counts real."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Loading the authors' reference-layer parameters (SPEC.md §9).
+"""Loading the authors' reference-layer parameters (docs/math.md §9).
 
 The state dict is built by hand from the §9 table, and the function it defines is computed here
 independently, the authors' way: a full (T x T) key-position score matrix, tables stored oldest-lag

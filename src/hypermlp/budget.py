@@ -1,4 +1,4 @@
-"""Matched parameter budgets for fair comparisons (SPEC.md §5).
+"""Matched parameter budgets for fair comparisons (docs/math.md §6).
 
 A comparison between mixers only means something at (nearly) equal parameter counts. The paper
 pays for the HyperMLP/HyperGLU sequence-mixing tables by shrinking the QK rank, so that is the

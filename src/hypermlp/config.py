@@ -2,7 +2,7 @@
 
 One dataclass per family: ``HyperConfig`` for HyperMLP / HyperGLU / ReLU attention (they share
 the projections, conv, gates and the lag-layout core), ``AttentionConfig`` for softmax attention.
-Defaults are the spec's (SPEC.md §2, §9). ``validate()`` turns a bad value into a ``ConfigError``
+Defaults are the paper's (docs/math.md §2) and the authors' layer's (§9). ``validate()`` turns a bad value into a ``ConfigError``
 that names the field.
 """
 

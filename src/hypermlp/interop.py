@@ -1,4 +1,4 @@
-"""Load the parameters of the authors' reference layer (class ``HyperGLU``, SPEC.md §9).
+"""Load the parameters of the authors' reference layer (class ``HyperGLU``, docs/math.md §9).
 
 Mapping (authors' name -> ours; L = max_len, h = n_heads, Hq = score heads = 2h for GLU, h for
 the ReLU kind):
