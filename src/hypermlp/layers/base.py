@@ -37,7 +37,7 @@ class ProjectedMixer(nn.Module):
         self.conv_v = CausalDepthwiseConv(d, cfg.conv_size) if cfg.conv_size else None
         self.q_gate = nn.Linear(d, cfg.qk_rank) if cfg.qk_gate else None
         self.out_gate = nn.Linear(d, cfg.vo_rank) if cfg.out_gate else None
-        self.rotary = Rotary(cfg.qk_rank // qk_heads, cfg.max_len, cfg.rope_base) if cfg.rope else None
+        self.rotary = Rotary(cfg.qk_rank // qk_heads, cfg.rope_base) if cfg.rope else None
 
     def new_cache(self, batch_size: int) -> LayerCache:
         """An empty decoding cache; pass it as ``cache=`` to feed tokens incrementally."""

@@ -79,7 +79,7 @@ class Rotary(nn.Module):
     The angles are computed in float64 for the positions at hand (cheap: T x head_dim/2), so
     they stay exact at long positions and under any module dtype conversion."""
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
 
