@@ -69,3 +69,17 @@ def test_defaults_follow_the_spec():
     assert layer.seq_mix2.A.shape == (2, c.max_len, 16)
     assert torch.all(layer.seq_mix1.p == 0) and layer.seq_mix1.A.std().item() == pytest.approx(0.02, rel=0.1)
     assert layer.q_proj.bias is None and layer.conv_k.weight.shape == (64, 1, 4)
+
+
+@pytest.mark.parametrize("cls", [HyperMLP, HyperGLU, ReLUAttention, SoftmaxAttention])
+def test_empty_batch_and_wrong_dtypes_are_named(cls):
+    layer = make(cls, dtype=torch.float32)
+    with pytest.raises(ValueError, match="empty batch"):
+        layer(torch.randn(0, 3, D))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(1, 3, D, dtype=torch.long))
+    for dtype in (torch.float64, torch.float16):
+        with pytest.raises(TypeError, match=f"input dtype {dtype} does not match the layer's parameters"):
+            layer(torch.randn(1, 3, D, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts by itself: accepted
+        assert layer(torch.randn(1, 3, D)).shape == (1, 3, D)

@@ -48,7 +48,7 @@ class ProjectedMixer(nn.Module):
         """Check the input (before any work) and zero padded rows, which must not leak into later
         positions through the convs. Returns (x, offset = number of tokens already cached)."""
         offset = cache.length if cache is not None else 0
-        check_input(x, self.config.d_model, self.config.max_len, offset, mask)
+        check_input(x, self.config.d_model, self.config.max_len, offset, mask, self.o_proj.weight.dtype)
         if cache is not None:
             cache.check_batch(x)
         if mask is not None:

@@ -34,13 +34,23 @@ class LayerCache:
     def append(self, k: torch.Tensor, v: torch.Tensor, valid: Optional[torch.Tensor]):
         """Store the new keys/values (B, heads, T, dim) and return everything seen so far."""
         start, t = self.length, k.shape[2]
-        if self.k is None:
-            b = self.batch_size
-            self.k = k.new_zeros(b, k.shape[1], self.max_len, k.shape[3])
-            self.v = v.new_zeros(b, v.shape[1], self.max_len, v.shape[3])
-            self.key_valid = torch.ones(b, self.max_len, dtype=torch.bool, device=k.device)
-        self.k[:, :, start : start + t] = k
-        self.v[:, :, start : start + t] = v
+        if self.key_valid is None:
+            self.key_valid = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=k.device)
+        if k.requires_grad or v.requires_grad or (self.k is not None and self.k.requires_grad):
+            # training through the cache: grow by concatenation, so that every earlier call's
+            # graph stays valid (writing into a preallocated buffer would change tensors that
+            # autograd saved, e.g. the keys SDPA keeps for its backward)
+            self.k = k if start == 0 else torch.cat([self.k[:, :, :start], k], dim=2)
+            self.v = v if start == 0 else torch.cat([self.v[:, :, :start], v], dim=2)
+        else:
+            if self.k is None or self.k.shape[2] < self.max_len:  # first call, or after a grown cache
+                old_k, old_v = self.k, self.v
+                self.k = k.new_zeros(self.batch_size, k.shape[1], self.max_len, k.shape[3])
+                self.v = v.new_zeros(self.batch_size, v.shape[1], self.max_len, v.shape[3])
+                if start:
+                    self.k[:, :, :start], self.v[:, :, :start] = old_k[:, :, :start], old_v[:, :, :start]
+            self.k[:, :, start : start + t] = k
+            self.v[:, :, start : start + t] = v
         if valid is not None:
             self.key_valid[:, start : start + t] = valid
             self.has_padding = self.has_padding or not bool(valid.all())

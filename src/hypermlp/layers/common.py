@@ -9,14 +9,25 @@ import torch
 import torch.nn as nn
 
 
-def check_input(x: torch.Tensor, d_model: int, max_len: int, offset: int, mask: Optional[torch.Tensor]):
-    """Raise a ValueError that names the problem for any malformed mixer input."""
+def check_input(
+    x: torch.Tensor, d_model: int, max_len: int, offset: int, mask: Optional[torch.Tensor], param_dtype: torch.dtype
+):
+    """Raise an error that names the problem for any malformed mixer input."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(f"input must have shape (batch, seq_len, d_model={d_model}), got {tuple(x.shape)}")
     if x.shape[-1] != d_model:
         raise ValueError(f"input width {x.shape[-1]} does not match d_model={d_model} (shape {tuple(x.shape)})")
+    if x.shape[0] < 1:
+        raise ValueError(f"input has an empty batch (batch size 0, shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"input dtype {x.dtype} does not match the layer's parameters ({param_dtype}): convert one "
+            "(layer.to(dtype) or x.to(dtype)) or run under torch.autocast"
+        )
     if x.shape[1] < 1:
         raise ValueError("input has no tokens (seq_len = 0)")
     if offset + x.shape[1] > max_len:
