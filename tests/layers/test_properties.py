@@ -139,6 +139,22 @@ def test_left_padding_equals_unpadded_runs(cls, sw):
     torch.testing.assert_close(torch.cat(outs, 1), y.detach(), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("cls,sw", ALL_LAYERS)
+def test_nan_and_inf_in_the_padding_stay_out_of_real_outputs(cls, sw):
+    layer = make(cls, **sw)
+    x = x_of(batch=2, t=8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, :3] = False
+    clean = layer(x, mask=mask)
+    x_bad = x.clone()
+    x_bad[1, 0], x_bad[1, 1, 2], x_bad[1, 2] = float("nan"), float("inf"), float("-inf")
+    x_bad.requires_grad_()
+    y = layer(x_bad, mask=mask)
+    torch.testing.assert_close(y, clean, rtol=0, atol=0)
+    (gx,) = torch.autograd.grad(y.sum(), x_bad)
+    assert torch.isfinite(gx).all() and torch.all(gx[~mask] == 0)
+
+
 @pytest.mark.parametrize("cls", [SoftmaxAttention, HyperMLP])
 def test_gradients_through_cached_calls_equal_the_parallel_forward(cls):
     # every mixer supports training through a cache: prompt, then two more calls

@@ -51,8 +51,8 @@ class ProjectedMixer(nn.Module):
         check_input(x, self.config.d_model, self.config.max_len, offset, mask, self.o_proj.weight.dtype)
         if cache is not None:
             cache.check_batch(x)
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)
+        if mask is not None:  # where, not a product: a NaN or inf at a padded position must not leak
+            x = x.masked_fill(~mask[..., None], 0)
         return x, offset
 
     def project(self, x: torch.Tensor, offset: int, cache: Optional[LayerCache], mask: Optional[torch.Tensor]):
@@ -91,5 +91,5 @@ class ProjectedMixer(nn.Module):
             o = o * torch.sigmoid(self.out_gate(x))
         out = self.o_proj(o)
         if mask is not None:
-            out = out * mask[..., None].to(out.dtype)
+            out = out.masked_fill(~mask[..., None], 0)
         return out
