@@ -1,0 +1,99 @@
+"""Readable reference of the HyperMLP / HyperGLU core (docs/math.md §2.4 - §2.8).
+
+One query position at a time, scores laid out by lag (newest key first), exactly as the math
+writes it. Slow (a Python loop over positions) but the ground truth every fast path is tested
+against (``chunked.py``, ``decode.py``).
+
+Shapes (``b`` batch, ``Hq`` score heads, ``H`` readout heads; ``Hq = 2H`` for HyperGLU, ``H``
+for HyperMLP; ``L`` table rows, ``r`` the rank of a mixing):
+    q: (b, Hq, T, dk)   queries at absolute positions offset .. offset+T-1
+    k: (b, Hq, S, dk)   keys at positions 0 .. S-1, S = offset + T
+    v: (b, H, S, dv)
+    s1: (b, Hq, T, r) or None   input-conditioned gate of R(1)
+    s2: (b, H, T, r) or None    input-conditioned gate of R(2)
+    mix1 / mix2: ``Tables`` (or a plain (A, B, p) tuple) of R(1) / R(2), or None (identity)
+    key_valid: (b, S) bool or None (False = padding: the key takes no part in any output)
+Returns the per-head readout (b, H, T, dv), already normalised by rho.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .layout import check_layout, table_rows
+
+
+class Tables(NamedTuple):
+    """The lag-indexed tables of one DPLR mixing, one set per head (docs/math.md §2.5):
+    z' = z + z * p + ((z A) * s) B^T, with row l of A, B and p used for lag l."""
+
+    A: torch.Tensor  # (heads, L, r)
+    B: torch.Tensor  # (heads, L, r)
+    p: torch.Tensor  # (heads, L)
+
+
+def dplr_mix(z: torch.Tensor, tables: Tables, gate: torch.Tensor) -> torch.Tensor:
+    """z' = z + z * p + ((z A) * s) B^T for z (b, heads, n), tables already sliced to the n rows
+    of z's lags and the gate s (b, heads, r)."""
+    low_rank = torch.einsum("bhl,hlr->bhr", z, tables.A) * gate  # (b, heads, r)
+    return z + z * tables.p + torch.einsum("bhr,hlr->bhl", low_rank, tables.B)
+
+
+def hyper_core_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    s1: Optional[torch.Tensor],
+    s2: Optional[torch.Tensor],
+    mix1: Optional[Tables],
+    mix2: Optional[Tables],
+    *,
+    glu: bool,
+    layout: str = "lag",
+    offset: int = 0,
+    eps: float = 1e-12,
+    key_valid: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The Hyper core, one query at a time; arguments and result as in the module docstring.
+
+    ``layout`` "lag" (the paper's) or "left" (ablation: tables indexed from the end of the
+    sequence, see ``layout.table_rows``); ``eps`` inside rho = sqrt(|z|^2 + eps)."""
+    check_layout(layout)
+    batch, _, n_queries, _ = q.shape
+    n_heads = v.shape[1]
+    total_len = k.shape[2]
+    outputs = []
+    for t in range(n_queries):
+        pos = offset + t
+        n = pos + 1
+        keys = k[:, :, :n].flip(2)  # (b, Hq, n, dk), index = lag
+        values = v[:, :, :n].flip(2)  # (b, H, n, dv)
+        if key_valid is None:
+            valid = torch.ones(batch, 1, n, dtype=q.dtype, device=q.device)
+        else:
+            valid = key_valid[:, :n].flip(1)[:, None, :].to(q.dtype)  # (b, 1, n)
+        rows = table_rows(layout, n, total_len)
+
+        # §2.4 scores by lag
+        z = torch.einsum("bhd,bhld->bhl", q[:, :, t], keys) * valid  # (b, Hq, n)
+        # §2.5 R(1), then the causal (and padding) mask
+        if mix1 is not None:
+            z = dplr_mix(z, Tables(*(tab[:, rows] for tab in mix1)), s1[:, :, t]) * valid
+        # §2.6 activation, L2 normalisation over the valid lags
+        if glu:
+            gate, scale = z[:, :n_heads], z[:, n_heads:]
+            rho = torch.sqrt((gate * gate).sum(-1, keepdim=True) + eps)
+            a = F.softplus(scale) * F.relu(gate / rho)
+        else:
+            rho = torch.sqrt((z * z).sum(-1, keepdim=True) + eps)
+            a = F.relu(z / rho)
+        a = a * valid  # (b, H, n)
+        # §2.7 R(2)
+        if mix2 is not None:
+            a = dplr_mix(a, Tables(*(tab[:, rows] for tab in mix2)), s2[:, :, t]) * valid
+        # §2.8 readout
+        outputs.append(torch.einsum("bhl,bhld->bhd", a, values))  # (b, H, dv)
+    return torch.stack(outputs, dim=2)
