@@ -2,8 +2,8 @@
 
 One dataclass per family: ``HyperConfig`` for HyperMLP / HyperGLU / ReLU attention (they share
 the projections, conv, gates and the lag-layout core), ``AttentionConfig`` for softmax attention.
-Defaults are the paper's (docs/math.md §2) and the authors' layer's (§9). ``validate()`` turns a bad value into a ``ConfigError``
-that names the field.
+Defaults are the paper's (docs/math.md §2) and the authors' layer's (§9). ``validate()`` turns a
+bad value into a ``ConfigError`` that names the field.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-IMPLS = ("reference", "chunked")
-LAYOUTS = ("lag", "left")
+from .ops.hyper import IMPLS
+from .ops.hyper.layout import LAYOUTS
 
 
 class ConfigError(ValueError):

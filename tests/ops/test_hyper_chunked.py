@@ -5,9 +5,10 @@ import itertools
 
 import pytest
 import torch
-from _inputs import make_inputs
 
 from hypermlp.ops import hyper_core, hyper_core_chunked, hyper_core_reference
+
+from ._inputs import make_inputs
 
 
 def check_against_reference(inputs, chunks, **kw):

@@ -4,10 +4,11 @@ import itertools
 
 import pytest
 import torch
-from _inputs import make_inputs
 
 import hypermlp.ops.hyper as hyper_pkg
 from hypermlp.ops import hyper_core, hyper_core_decode, hyper_core_reference
+
+from ._inputs import make_inputs
 
 MIXES = [(True, True), (False, True), (True, False), (False, False)]
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from _inputs import DT
 
 from hypermlp.ops.hyper.layout import (
     clear_for_unskew,
@@ -17,6 +16,8 @@ from hypermlp.ops.hyper.layout import (
     zero_future_keys,
     zero_future_lags,
 )
+
+from ._inputs import DT
 
 SHAPES = [(1, 1), (1, 6), (2, 2), (3, 3), (3, 5), (4, 9), (5, 12)]
 

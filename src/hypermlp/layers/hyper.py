@@ -14,22 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, HyperConfig, build_config, score_heads
-try:  # TEMPORARY until the ops restructure lands
-    from ..ops import Tables, hyper_core
-except ImportError:
-    from typing import NamedTuple
-
-    from ..ops import hyper_core_chunked, hyper_core_reference
-
-    class Tables(NamedTuple):
-        A: torch.Tensor
-        B: torch.Tensor
-        p: torch.Tensor
-
-    def hyper_core(*args, impl="chunked", chunk_size=64, **kw):
-        if impl == "reference":
-            return hyper_core_reference(*args, **kw)
-        return hyper_core_chunked(*args, chunk_size=chunk_size, **kw)
+from ..ops import Tables, hyper_core
 from .base import ProjectedMixer
 from .cache import LayerCache
 from .common import split_heads
