@@ -288,17 +288,11 @@ def cmd_generate(args) -> int:
 
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(argv: List[str]) -> int:
-    import importlib
+    """``hypermlp bench ...`` is ``python -m hypermlp.bench ...`` (its own parser and --help)."""
+    from .bench import main as bench_main
 
     try:
-        bench = importlib.import_module("hypermlp.bench")  # written separately; may be absent
-    except ModuleNotFoundError as e:
-        if e.name == "hypermlp.bench":
-            print("hypermlp: error: the benchmark module (hypermlp.bench) is not installed in this build", file=sys.stderr)
-            return 2
-        raise
-    try:
-        code = bench.main(argv)
+        code = bench_main(argv)
     except SystemExit as e:  # its argparse: --help or a usage error
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return int(code or 0)

@@ -1,0 +1,7 @@
+"""``python -m hypermlp.bench`` is ``hypermlp bench``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
