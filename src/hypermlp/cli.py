@@ -193,21 +193,10 @@ def cmd_train(args) -> int:
 
 
 # ----------------------------------------------------------------------------- compare
-DEFAULT_SUITE = {
-    "tasks": [
-        {"task": "mad:in_context_recall", "data": {"seq_len": 64, "num_train": 2048, "num_test": 256},
-         "train": {"epochs": 8, "batch_size": 64}},
-        {"task": "lm", "data": {"seq_len": 128, "max_bytes": 2_000_000, "eval_windows": 32},
-         "train": {"steps": 200, "batch_size": 16, "warmup_steps": 20, "lr": 2e-3}},
-    ],
-    "model": {"d_model": 64, "n_layers": 2, "mixer_args": {"n_heads": 2}},
-}
-
-
 def cmd_compare(args) -> int:
     import yaml
 
-    from .compare import load_suite, run_compare
+    from .compare import DEFAULT_SUITE, load_suite, run_compare
 
     if args.config:
         cfg = _read_yaml(args.config)
