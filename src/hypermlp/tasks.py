@@ -278,7 +278,7 @@ def parse_task_name(task: str) -> Tuple[str, Optional[str]]:
 
 def mad_protocol(preset: str = "quick") -> dict:
     """MAD_QUICK or MAD_PROTOCOL (from hypermlp.data.mad) as training defaults + lr x wd grid."""
-    from .data.mad import MAD_PROTOCOL, MAD_QUICK
+    from .defaults import MAD_PROTOCOL, MAD_QUICK
 
     if preset not in ("quick", "full"):
         raise ConfigError(f"preset must be quick or full, got {preset!r}")

@@ -19,8 +19,6 @@ from .common import (
 from .mad import (
     MAD_CHANGES,
     MAD_NUM_TEST,
-    MAD_PROTOCOL,
-    MAD_QUICK,
     MAD_TASKS,
     compression,
     fuzzy_in_context_recall,
@@ -31,7 +29,7 @@ from .mad import (
     noisy_in_context_recall,
     selective_copying,
 )
-from .mqar import MQAR_SWEEP, MQAR_WIDTHS, mqar, mqar_query_gaps, mqar_settings
+from .mqar import mqar, mqar_query_gaps
 from .text import (
     DEFAULT_CORPUS_MAX_BYTES,
     Corpus,
@@ -67,8 +65,6 @@ __all__ = [
     "settings_key",
     "MAD_CHANGES",
     "MAD_NUM_TEST",
-    "MAD_PROTOCOL",
-    "MAD_QUICK",
     "MAD_TASKS",
     "compression",
     "fuzzy_in_context_recall",
@@ -78,11 +74,8 @@ __all__ = [
     "memorization",
     "noisy_in_context_recall",
     "selective_copying",
-    "MQAR_SWEEP",
-    "MQAR_WIDTHS",
     "mqar",
     "mqar_query_gaps",
-    "mqar_settings",
     "DEFAULT_CORPUS_MAX_BYTES",
     "Corpus",
     "batch_iterator",

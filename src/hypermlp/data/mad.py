@@ -26,17 +26,21 @@ Label conventions (see :mod:`hypermlp.data.common`):
 
 Every generator takes an explicit ``seed``; the train and test splits come from
 two independent streams derived from it (:func:`derive_rngs`), so they differ.
+Every generator has the same shell: ``settings = dict(locals())`` (all of its
+arguments, so ``fn(**data.settings)`` regenerates the task), ``_check_ints``,
+the checks of its own, then ``_generate`` with its split function.
 """
 
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .common import IGNORE_INDEX, TaskData, derive_rngs, score_predictions
+from .common import IGNORE_INDEX, TaskData, derive_rngs
 
 __all__ = [
     "in_context_recall",
@@ -47,34 +51,12 @@ __all__ = [
     "memorization",
     "MAD_TASKS",
     "MAD_CHANGES",
-    "MAD_PROTOCOL",
-    "MAD_QUICK",
     "MAD_NUM_TEST",
     "mad_settings",
     "mad_setting_label",
-    "score_predictions",
 ]
 
 MAD_NUM_TEST = 1280
-
-# Training protocol of MAD (per task and setting: sweep lrs x weight decays,
-# keep the best test accuracy; stop early once accuracy reaches early_stop_acc).
-MAD_PROTOCOL = dict(
-    batch_size=128,
-    epochs=200,
-    lrs=(1e-4, 5e-4, 1e-3),
-    weight_decays=(0.0, 0.1),
-    early_stop_acc=0.999,
-)
-
-# A cheap variant for smoke runs and CPU-only machines.
-MAD_QUICK = dict(
-    batch_size=64,
-    epochs=20,
-    lrs=(1e-3,),
-    weight_decays=(0.0,),
-    early_stop_acc=0.999,
-)
 
 
 # =========================================================================
@@ -86,6 +68,32 @@ def _check_int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_ints(settings: dict, **minimums: int) -> None:
+    """Every integer argument named in ``minimums`` is an int >= its minimum (checked in order)."""
+    for name, minimum in minimums.items():
+        _check_int(name, settings[name], minimum)
+
+
+def _generate(name: str, settings: dict, split: Callable, test_split: Callable | None = None) -> TaskData:
+    """What every generator shares once its arguments are checked: two independent streams
+    from ``settings['seed']``, a train and a test split drawn with ``split(rng, n)`` (or
+    ``test_split`` for the test one), assembled into a TaskData. Each split is
+    (inputs, train_targets, score_targets); train keeps its train targets, test its score
+    targets."""
+    r_train, r_test = derive_rngs(settings["seed"], 2)
+    tr_x, tr_y, _ = split(r_train, settings["num_train"])
+    te_x, _, te_y_score = (test_split or split)(r_test, settings["num_test"])
+    return TaskData(
+        train_inputs=tr_x,
+        train_targets=tr_y,
+        test_inputs=te_x,
+        test_targets=te_y_score,
+        vocab_size=int(settings["vocab_size"]),
+        name=name,
+        settings=dict(settings),
+    ).validate()
 
 
 def _repeat_mask(codes: np.ndarray) -> np.ndarray:
@@ -122,21 +130,6 @@ def _next_token_split(s: np.ndarray, train_keep: np.ndarray | None, score_keep: 
         torch.from_numpy(np.ascontiguousarray(train_t)).long(),
         torch.from_numpy(np.ascontiguousarray(score_t)).long(),
     )
-
-
-def _assemble(name, settings, vocab_size, train_split, test_split):
-    """Build TaskData: train uses (inputs, train_targets); test uses the score targets."""
-    tr_x, tr_y, _ = train_split
-    te_x, _, te_y_score = test_split
-    return TaskData(
-        train_inputs=tr_x,
-        train_targets=tr_y,
-        test_inputs=te_x,
-        test_targets=te_y_score,
-        vocab_size=int(vocab_size),
-        name=name,
-        settings=dict(settings),
-    ).validate()
 
 
 # =========================================================================
@@ -180,19 +173,9 @@ def in_context_recall(
     targets: only even positions whose key already occurred earlier in the
     sequence (the value is then determined by the context).
     """
-    settings = dict(vocab_size=vocab_size, seq_len=seq_len, num_train=num_train, num_test=num_test, seed=seed)
-    _check_int("vocab_size", vocab_size, 4)
-    _check_int("seq_len", seq_len, 4)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
-    r_train, r_test = derive_rngs(seed, 2)
-    return _assemble(
-        "in_context_recall",
-        settings,
-        vocab_size,
-        _recall_split(r_train, num_train, vocab_size, seq_len),
-        _recall_split(r_test, num_test, vocab_size, seq_len),
-    )
+    settings = dict(locals())  # every argument: TaskData.settings regenerates the task
+    _check_ints(settings, vocab_size=4, seq_len=4, num_train=1, num_test=1)
+    return _generate("in_context_recall", settings, partial(_recall_split, vocab_size=vocab_size, seq_len=seq_len))
 
 
 # =========================================================================
@@ -274,38 +257,18 @@ def fuzzy_in_context_recall(
     next token everywhere (pads included).  Test targets: the non-pad tokens of
     value motifs whose key motif already occurred earlier in the sequence.
     """
-    _check_int("vocab_size", vocab_size, 5)
-    _check_int("seq_len", seq_len, 4)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
-    _check_int("key_motif_len", key_motif_len, 1)
-    _check_int("value_motif_len", value_motif_len, 1)
+    settings = dict(locals())
+    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, key_motif_len=1, value_motif_len=1)
     n_key_ids = (vocab_size - 1) // 2
     if num_keys is None:
-        num_keys = n_key_ids
+        num_keys = settings["num_keys"] = n_key_ids
     _check_int("num_keys", num_keys, 1)
     motif_space = sum(n_key_ids**L for L in range(1, key_motif_len + 1))
     if num_keys > motif_space:
         raise ValueError(f"num_keys={num_keys} exceeds the {motif_space} possible key motifs")
-    settings = dict(
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_train=num_train,
-        num_test=num_test,
-        key_motif_len=key_motif_len,
-        value_motif_len=value_motif_len,
-        num_keys=num_keys,
-        seed=seed,
-    )
-    r_train, r_test = derive_rngs(seed, 2)
-    args = (vocab_size, seq_len, key_motif_len, value_motif_len, num_keys)
-    return _assemble(
-        "fuzzy_in_context_recall",
-        settings,
-        vocab_size,
-        _fuzzy_split(r_train, num_train, *args),
-        _fuzzy_split(r_test, num_test, *args),
-    )
+    split = partial(_fuzzy_split, vocab_size=vocab_size, seq_len=seq_len, key_motif_len=key_motif_len,
+                    value_motif_len=value_motif_len, num_keys=num_keys)
+    return _generate("fuzzy_in_context_recall", settings, split)
 
 
 # =========================================================================
@@ -373,33 +336,16 @@ def noisy_in_context_recall(
     noise is unpredictable by design).  Test targets: the values of keys that
     already occurred earlier in the sequence.
     """
-    _check_int("vocab_size", vocab_size, 5)
-    _check_int("seq_len", seq_len, 4)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
-    _check_int("noise_vocab_size", noise_vocab_size, 1)
+    settings = dict(locals())
+    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, noise_vocab_size=1)
     if vocab_size - noise_vocab_size < 2:
         raise ValueError("vocab_size - noise_vocab_size must leave at least 2 content ids")
     if not (0.0 <= float(frac_noise) < 1.0):
         raise ValueError(f"frac_noise must be in [0, 1), got {frac_noise}")
-    settings = dict(
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_train=num_train,
-        num_test=num_test,
-        noise_vocab_size=noise_vocab_size,
-        frac_noise=float(frac_noise),
-        seed=seed,
-    )
-    r_train, r_test = derive_rngs(seed, 2)
-    args = (vocab_size, seq_len, noise_vocab_size, float(frac_noise))
-    return _assemble(
-        "noisy_in_context_recall",
-        settings,
-        vocab_size,
-        _noisy_split(r_train, num_train, *args),
-        _noisy_split(r_test, num_test, *args),
-    )
+    frac_noise = settings["frac_noise"] = float(frac_noise)
+    split = partial(_noisy_split, vocab_size=vocab_size, seq_len=seq_len, noise_vocab_size=noise_vocab_size,
+                    frac_noise=frac_noise)
+    return _generate("noisy_in_context_recall", settings, split)
 
 
 # =========================================================================
@@ -444,32 +390,14 @@ def selective_copying(
     (the marker and the first ``k - 1`` answers predict the ``k`` answers) and
     ``-100`` elsewhere, for both training and scoring.
     """
-    _check_int("vocab_size", vocab_size, 3)
-    _check_int("seq_len", seq_len, 2)
-    _check_int("num_tokens_to_copy", num_tokens_to_copy, 1)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
+    settings = dict(locals())
+    _check_ints(settings, vocab_size=3, seq_len=2, num_tokens_to_copy=1, num_train=1, num_test=1)
     if seq_len - num_tokens_to_copy < num_tokens_to_copy:
         raise ValueError(
             f"seq_len={seq_len} too short to hold {num_tokens_to_copy} tokens in the context and the answer"
         )
-    settings = dict(
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_tokens_to_copy=num_tokens_to_copy,
-        num_train=num_train,
-        num_test=num_test,
-        seed=seed,
-    )
-    r_train, r_test = derive_rngs(seed, 2)
-    args = (vocab_size, seq_len, num_tokens_to_copy)
-    return _assemble(
-        "selective_copying",
-        settings,
-        vocab_size,
-        _selective_copy_split(r_train, num_train, *args),
-        _selective_copy_split(r_test, num_test, *args),
-    )
+    split = partial(_selective_copy_split, vocab_size=vocab_size, seq_len=seq_len, num_tokens_to_copy=num_tokens_to_copy)
+    return _generate("selective_copying", settings, split)
 
 
 # =========================================================================
@@ -507,33 +435,29 @@ def compression(
     so that ``compression(**task.settings)`` regenerates the task).  Every
     position is trained on and scored.
     """
+    settings = dict(locals())
     if readout != "last_position":
         raise ValueError(f"compression supports readout='last_position' only, got {readout!r}")
-    _check_int("vocab_size", vocab_size, 2)
-    _check_int("seq_len", seq_len, 2)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
-    settings = dict(
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        num_train=num_train,
-        num_test=num_test,
-        seed=seed,
-        readout=readout,
-    )
-    r_train, r_test = derive_rngs(seed, 2)
-    return _assemble(
-        "compression",
-        settings,
-        vocab_size,
-        _compression_split(r_train, num_train, vocab_size, seq_len),
-        _compression_split(r_test, num_test, vocab_size, seq_len),
-    )
+    _check_ints(settings, vocab_size=2, seq_len=2, num_train=1, num_test=1)
+    return _generate("compression", settings, partial(_compression_split, vocab_size=vocab_size, seq_len=seq_len))
 
 
 # =========================================================================
 # memorization
 # =========================================================================
+def _memorization_train_split(rng, n, kv_map, insert, half):
+    """Training keys: consecutive random permutations of all keys, so every key is seen."""
+    num_keys, slots = len(kv_map), n * half
+    reps = -(-slots // num_keys)
+    keys = np.concatenate([rng.permutation(num_keys) for _ in range(reps)])[:slots]
+    return _memorization_split(keys.reshape(n, half), kv_map, insert)
+
+
+def _memorization_test_split(rng, n, kv_map, insert, half):
+    """Test keys: uniform over all keys."""
+    return _memorization_split(rng.integers(0, len(kv_map), size=(n, half)), kv_map, insert)
+
+
 def _memorization_split(keys, kv_map, insert):
     n, half = keys.shape
     x = np.empty((n, 2 * half), dtype=np.int64)
@@ -570,30 +494,16 @@ def memorization(
     keys, 256*16=4096 slots); test keys are uniform, so test accuracy measures
     recall of facts that were all seen in training.
     """
-    _check_int("vocab_size", vocab_size, 3)
-    _check_int("seq_len", seq_len, 2)
-    _check_int("num_train", num_train, 1)
-    _check_int("num_test", num_test, 1)
+    settings = dict(locals())
+    _check_ints(settings, vocab_size=3, seq_len=2, num_train=1, num_test=1)
     if seq_len % 2:
         raise ValueError(f"memorization needs an even seq_len, got {seq_len}")
-    settings = dict(vocab_size=vocab_size, seq_len=seq_len, num_train=num_train, num_test=num_test, seed=seed)
-    r_train, r_test, r_map = derive_rngs(seed, 3)
     num_keys = (vocab_size - 1) // 2
-    insert = vocab_size - 1
+    r_map = derive_rngs(seed, 3)[2]  # a third stream (after train and test): the map both share
     kv_map = r_map.integers(num_keys, vocab_size - 1, size=num_keys)
-    half = seq_len // 2
-    slots = num_train * half
-    reps = -(-slots // num_keys)
-    train_keys = np.concatenate([r_train.permutation(num_keys) for _ in range(reps)])[:slots]
-    train_keys = train_keys.reshape(num_train, half)
-    test_keys = r_test.integers(0, num_keys, size=(num_test, half))
-    return _assemble(
-        "memorization",
-        settings,
-        vocab_size,
-        _memorization_split(train_keys, kv_map, insert),
-        _memorization_split(test_keys, kv_map, insert),
-    )
+    shared = dict(kv_map=kv_map, insert=vocab_size - 1, half=seq_len // 2)
+    return _generate("memorization", settings, partial(_memorization_train_split, **shared),
+                     test_split=partial(_memorization_test_split, **shared))
 
 
 # =========================================================================

@@ -31,13 +31,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..defaults import MQAR_DATA
 from .common import IGNORE_INDEX, TaskData, derive_rngs
 
-__all__ = ["mqar", "MQAR_SWEEP", "MQAR_WIDTHS", "mqar_settings", "mqar_query_gaps"]
-
-# (seq_len, num_pairs) points of the Zoology sweep, and the model widths to sweep.
-MQAR_SWEEP = [(64, 4), (128, 8), (256, 16)]
-MQAR_WIDTHS = (64, 128, 256, 512)
+__all__ = ["mqar", "mqar_query_gaps"]
 
 
 def _distinct_keys(rng, n, k, low, high):
@@ -85,10 +82,10 @@ def _mqar_split(rng, n, seq_len, num_pairs, vocab_size, power_a):
 def mqar(
     seq_len: int,
     num_pairs: int,
-    vocab_size: int = 8192,
+    vocab_size: int = MQAR_DATA["vocab_size"],
     num_train: int = 100_000,
     num_test: int = 3_000,
-    power_a: float = 0.01,
+    power_a: float = MQAR_DATA["power_a"],
     seed: int = 0,
 ) -> TaskData:
     """Generate an MQAR train/test split (layout in the module docstring).
@@ -128,15 +125,6 @@ def mqar(
         name="mqar",
         settings=settings,
     ).validate()
-
-
-def mqar_settings(vocab_size: int = 8192, num_train: int = 100_000, num_test: int = 3_000, seed: int = 0) -> list[dict]:
-    """Complete ``mqar`` kwargs for every point of :data:`MQAR_SWEEP`."""
-    return [
-        dict(seq_len=t, num_pairs=d, vocab_size=vocab_size, num_train=num_train, num_test=num_test,
-             power_a=0.01, seed=seed)
-        for t, d in MQAR_SWEEP
-    ]
 
 
 def mqar_query_gaps(inputs: torch.Tensor, targets: torch.Tensor, num_pairs: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..defaults import LM_DATA
 from .common import DataError, atomic_torch_save
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
 
 # Cap on the default (standard-library) corpus, so loading stays fast.
 DEFAULT_CORPUS_MAX_BYTES = 8_000_000
-DEFAULT_BPE_VOCAB_SIZE = 4096
 # Directory names never read for the default corpus.
 _STDLIB_EXCLUDED_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -100,10 +100,6 @@ class Corpus:
         if self.tokenizer == "byte":
             return bytes(ids).decode("utf-8", errors="replace")
         return self._tok.decode(ids, skip_special_tokens=False)
-
-    @property
-    def bytes_per_token_train(self) -> float:
-        return self.n_bytes_train / max(1, int(self.train.numel()))
 
 
 # =========================================================================
@@ -310,8 +306,8 @@ def _load_bpe(path: Path):
 def load_corpus(
     path: str | os.PathLike | None = None,
     tokenizer: str = "byte",
-    bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE,
-    val_fraction: float = 0.05,
+    bpe_vocab_size: int = LM_DATA["bpe_vocab_size"],
+    val_fraction: float = LM_DATA["val_fraction"],
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     max_bytes: int | None = None,

@@ -9,8 +9,6 @@ import torch
 
 from hypermlp.data import (
     IGNORE_INDEX,
-    MAD_PROTOCOL,
-    MAD_QUICK,
     MAD_TASKS,
     TaskData,
     cache_path,
@@ -324,8 +322,6 @@ def test_mad_settings_presets():
     assert base["vocab_size"] == 32 and base["noise_vocab_size"] == 16 and base["frac_noise"] == 0.2
     assert mad_settings("selective_copying")[0]["seq_len"] == 256
     assert mad_settings("memorization", seed=9)[0]["seed"] == 9
-    assert MAD_PROTOCOL["batch_size"] == 128 and MAD_PROTOCOL["lrs"] == (1e-4, 5e-4, 1e-3)
-    assert MAD_QUICK["batch_size"] == 64
     with pytest.raises(KeyError):
         mad_settings("nope")
 

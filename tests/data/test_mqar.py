@@ -1,9 +1,14 @@
 """Tests for the MQAR generator."""
 
+import pathlib
+
 import pytest
 import torch
+import yaml
 
-from hypermlp.data import IGNORE_INDEX, MQAR_SWEEP, MQAR_WIDTHS, cached, mqar, mqar_query_gaps, mqar_settings
+from hypermlp.data import IGNORE_INDEX, cached, mqar, mqar_query_gaps
+
+SWEEP_YAML = pathlib.Path(__file__).resolve().parents[2] / "configs" / "mqar_sweep.yaml"
 
 V = 8192
 
@@ -91,11 +96,14 @@ def test_errors():
         mqar(64, 4, vocab_size=8, num_train=4, num_test=4)  # too few key ids
 
 
-def test_sweep_constants_and_settings(tmp_path):
-    assert MQAR_SWEEP == [(64, 4), (128, 8), (256, 16)]
-    assert tuple(MQAR_WIDTHS) == (64, 128, 256, 512)
-    ss = mqar_settings(num_train=32, num_test=8)
-    assert [(s["seq_len"], s["num_pairs"]) for s in ss] == MQAR_SWEEP
+def test_sweep_config_and_settings(tmp_path):
+    # the Zoology sweep lives in configs/mqar_sweep.yaml: every (length, pairs) point at every width
+    tasks = yaml.safe_load(SWEEP_YAML.read_text())["tasks"]
+    points = sorted({(t["data"]["seq_len"], t["data"]["num_pairs"]) for t in tasks})
+    assert points == [(64, 4), (128, 8), (256, 16)]
+    assert sorted({t["model"]["d_model"] for t in tasks}) == [64, 128, 256, 512]
+    assert len(tasks) == 3 * 4 and {t["data"]["vocab_size"] for t in tasks} == {8192}
+    ss = [dict(seq_len=t, num_pairs=d, vocab_size=8192, num_train=32, num_test=8, power_a=0.01, seed=0) for t, d in points]
     a = cached(mqar, tmp_path, **ss[0])
     b = cached(mqar, tmp_path, **ss[0])
     assert torch.equal(a.train_inputs, b.train_inputs)
