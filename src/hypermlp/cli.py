@@ -13,6 +13,8 @@ import shutil
 import sys
 from typing import List, Optional
 
+from .defaults import TRAIN_OUT_DIR
+
 __all__ = ["main"]
 
 
@@ -149,7 +151,7 @@ def cmd_train(args) -> int:
     train = resolve_train(task_name, user_train)
     if args.no_progress:
         train["progress"] = False
-    out = args.out or cfg.get("out") or "runs/train"
+    out = args.out or cfg.get("out") or TRAIN_OUT_DIR
 
     # -- everything is checked before anything is written ------------------------------------
     distributed = init_distributed()
@@ -167,18 +169,14 @@ def cmd_train(args) -> int:
         dist.barrier()  # every rank has checked the folder before rank 0 touches it
     if args.force and not args.resume and rank == 0:
         shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-    extra = {}
-    corpus = getattr(task, "corpus", None)
-    if corpus is not None and corpus.tokenizer == "bpe" and corpus.tokenizer_path:
-        extra["tokenizer.json"] = corpus.tokenizer_path
-    trainer = Trainer(mcfg, task, tcfg, out_dir=out, resume=args.resume, extra_files=extra)
+    trainer = Trainer(mcfg, task, tcfg, out_dir=out, resume=args.resume)
     if rank == 0:
         import yaml
 
         run = {"task": task_name, "data": resolved, "model": mcfg.to_dict(), "train": train, "out": out}
         with open(os.path.join(out, "run.yaml"), "w") as f:
             yaml.safe_dump(run, f, sort_keys=False)
-        n = trainer.model.num_params() if hasattr(trainer.model, "num_params") else sum(p.numel() for p in trainer.model.parameters())
+        n = sum(p.numel() for p in trainer.model.parameters())  # the whole trained module, tied weights once
         print(f"hypermlp train: {task_name} | {mcfg.mixer} d={mcfg.d_model} layers={mcfg.n_layers} | "
               f"{n:,} params | {trainer.total_steps} steps | {trainer.world} process(es) on {trainer.device} | out={out}")
     result = trainer.fit()
@@ -224,7 +222,7 @@ def cmd_compare(args) -> int:
 
 # ----------------------------------------------------------------------------- generate
 def _resolve_checkpoint(path: str) -> str:
-    from .train import latest_checkpoint
+    from .checkpoint import latest_checkpoint
 
     if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
         return path
@@ -303,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="task data setting, e.g. num_train=2000")
     _add_model_flags(p)
     _add_train_flags(p)
-    p.add_argument("--out", help="run folder (default runs/train)")
+    p.add_argument("--out", help=f"run folder (default {TRAIN_OUT_DIR})")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--force", action="store_true", help="start over even if --out already holds a run")
     p.add_argument("--cache-dir", help="where generated data and tokenizers are cached (default ~/.cache/hypermlp)")
@@ -340,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     import yaml
 
+    from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.common import DataError
-    from .train import CheckpointError, TrainingError
+    from .train import TrainingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":

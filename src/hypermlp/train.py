@@ -1,18 +1,16 @@
 """Training loop: AdamW, warmup + cosine, clipping, checkpoints, exact resume, DDP.
 
-One ``Trainer`` trains one model on one task (see ``tasks.py`` for the task adapters).
+One ``Trainer`` trains one model on one task; it knows the task only through the contract in
+``hypermlp.tasks.base`` (build the model, sample batches, forward, loss, evaluate, checkpoint
+files), so it never asks what kind of task or model it has.
 
-* Determinism: the model is initialised after ``torch.manual_seed(seed)`` and batches come from a
-  private ``torch.Generator``; on CPU, a run resumed from a checkpoint reproduces the
-  uninterrupted loss curve bit for bit.
-* Precision: bf16 autocast on CUDA, plain fp32 on CPU; the loss is always computed in fp32.
-* Checkpoints (``out_dir/checkpoints/step-XXXXXXXX/``): ``config.json`` + ``model.safetensors``
-  (loadable with ``LanguageModel.load``), ``decoder.safetensors`` for the compression head, and
-  ``trainer_state.pt`` (optimizer, schedule, sampler, RNG, step). Each is written into a temp
-  folder that is renamed into place, then the ``latest`` pointer is replaced atomically, so a
-  crash never leaves a half-written checkpoint behind.
-* Data parallel: launched with ``torchrun``, each rank draws the same *global* batch and keeps its
-  own rows. The loss of a rank is its summed token loss divided by the global token count (times
+* Determinism: the model is initialised right after ``torch.manual_seed(seed)`` and batches
+  come from the sampler's private ``torch.Generator``; on CPU a run resumed from a checkpoint
+  reproduces the uninterrupted loss curve bit for bit.
+* Precision: bf16 autocast on CUDA, plain fp32 on CPU; the loss is always reduced in fp32.
+* Checkpoints: ``hypermlp.checkpoint`` (atomic and durable; only the newest is kept).
+* Data parallel: launched with ``torchrun``, each rank draws the same *global* batch and keeps
+  its own rows. A rank's loss is its summed token loss divided by the global token count (times
   the world size, which DDP's gradient averaging divides out again), so N processes compute the
   gradient of exactly the same global mean as one process.
 * Metrics: one JSON line per training step (and per evaluation) in ``out_dir/metrics.jsonl``.
@@ -23,9 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -33,12 +29,12 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
 from .config import ConfigError
 from .data.common import IGNORE_INDEX
+from .defaults import TRAIN
 from .models import ModelConfig
-from .tasks import CompressionModel, language_model_of
 
 __all__ = [
     "TrainConfig",
@@ -56,32 +52,30 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN or inf)."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not match the requested run."""
-
-
 @dataclass
 class TrainConfig:
-    steps: Optional[int] = None  # total optimizer steps; or give epochs
-    epochs: Optional[int] = None  # passes over a fixed training set (MAD / MQAR); overrides steps
-    batch_size: int = 32  # global batch, split over DDP ranks
-    lr: float = 1e-3
-    min_lr: float = 1e-5  # cosine decays to this
-    warmup_steps: int = 0
-    lr_per_epoch: bool = False  # MAD protocol: the cosine moves once per epoch
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
-    eval_every: int = 0  # steps between evaluations; 0 = only at the end
-    eval_each_epoch: bool = False  # evaluate after every pass over the training set (MAD)
-    ckpt_every: int = 0  # steps between checkpoints; 0 = only at the end
-    save_checkpoints: bool = True
-    early_stop_metric: str = "acc"
-    early_stop_at: Optional[float] = None  # stop once the eval metric reaches this
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True
+    """Every training option; what each one means and its default: ``hypermlp.defaults.TRAIN``."""
+
+    steps: Optional[int] = TRAIN["steps"]
+    epochs: Optional[int] = TRAIN["epochs"]
+    batch_size: int = TRAIN["batch_size"]
+    lr: float = TRAIN["lr"]
+    min_lr: float = TRAIN["min_lr"]
+    warmup_steps: int = TRAIN["warmup_steps"]
+    lr_per_epoch: bool = TRAIN["lr_per_epoch"]
+    weight_decay: float = TRAIN["weight_decay"]
+    beta1: float = TRAIN["beta1"]
+    beta2: float = TRAIN["beta2"]
+    grad_clip: float = TRAIN["grad_clip"]
+    eval_every: int = TRAIN["eval_every"]
+    eval_each_epoch: bool = TRAIN["eval_each_epoch"]
+    ckpt_every: int = TRAIN["ckpt_every"]
+    save_checkpoints: bool = TRAIN["save_checkpoints"]
+    early_stop_metric: str = TRAIN["early_stop_metric"]
+    early_stop_at: Optional[float] = TRAIN["early_stop_at"]
+    seed: int = TRAIN["seed"]
+    device: str = TRAIN["device"]
+    progress: bool = TRAIN["progress"]
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -147,7 +141,7 @@ class CosineSchedule:
         self.__init__(**state)
 
 
-# ----------------------------------------------------------------------------- distributed
+# ----------------------------------------------------------------------------- processes, device
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, NCCL on
     GPU. Returns whether this process is part of a multi-process run."""
@@ -168,74 +162,14 @@ def _rank_world():
     return 0, 1
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out_dir: str) -> Optional[str]:
-    """Path of the newest complete checkpoint under ``out_dir``, or None."""
-    root = os.path.join(out_dir, "checkpoints")
-    pointer = os.path.join(root, "latest")
-    if os.path.isfile(pointer):
-        with open(pointer) as f:
-            path = os.path.join(root, f.read().strip())
-        if os.path.isfile(os.path.join(path, "trainer_state.pt")):
-            return path
-    # pointer missing (crash between rename and pointer update): newest complete folder
-    if not os.path.isdir(root):
-        return None
-    done = sorted(
-        d for d in os.listdir(root)
-        if d.startswith("step-") and os.path.isfile(os.path.join(root, d, "trainer_state.pt"))
-    )
-    return os.path.join(root, done[-1]) if done else None
-
-
-def _write_checkpoint(out_dir: str, step: int, model: nn.Module, state: dict, extra_files: dict) -> str:
-    from safetensors.torch import save_file, save_model
-
-    root = os.path.join(out_dir, "checkpoints")
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-    lm = language_model_of(model)
-    save_model(lm, os.path.join(tmp, "model.safetensors"))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(lm.config.to_dict(), f, indent=2, sort_keys=True)
-    if isinstance(model, CompressionModel):
-        head = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-        save_file(head, os.path.join(tmp, "decoder.safetensors"))
-    torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-    for name, src in extra_files.items():
-        shutil.copyfile(src, os.path.join(tmp, name))
-
-    name = f"step-{step:08d}"
-    final = os.path.join(root, name)
-    if os.path.exists(final):  # left by an earlier run that stopped after this step
-        trash = tempfile.mkdtemp(prefix=".old-", dir=root)
-        os.replace(final, os.path.join(trash, name))
-        shutil.rmtree(trash)
-    os.replace(tmp, final)
-    pointer_tmp = os.path.join(root, ".latest.tmp")
-    with open(pointer_tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(pointer_tmp, os.path.join(root, "latest"))
-    for old in os.listdir(root):  # keep only the newest checkpoint
-        if old.startswith("step-") and old != name:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    return final
-
-
-def _load_weights(model: nn.Module, ckpt: str, device) -> None:
-    from safetensors.torch import load_file, load_model
-
-    lm = language_model_of(model)
-    try:
-        load_model(lm, os.path.join(ckpt, "model.safetensors"), strict=True, device=str(device))
-        if isinstance(model, CompressionModel):
-            head = load_file(os.path.join(ckpt, "decoder.safetensors"), device=str(device))
-            merged = {**{"encoder." + k: v for k, v in lm.state_dict().items()}, **head}
-            model.load_state_dict(merged, strict=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {ckpt} does not fit the model: {str(e).splitlines()[0]}") from e
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no GPU is available")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def read_metrics(path: str) -> list:
@@ -250,140 +184,86 @@ class Trainer:
 
     out_dir: where metrics.jsonl and checkpoints go (None: nothing is written).
     resume: continue from the newest checkpoint in out_dir (error if there is none, or if it
-        was made for another model config).
-    extra_files: name -> path of files copied into every checkpoint (e.g. a BPE tokenizer).
+        was made for another model config or task).
     """
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        task,
-        cfg: TrainConfig,
-        out_dir: Optional[str] = None,
-        resume: bool = False,
-        extra_files: Optional[dict] = None,
-    ):
-        self.cfg = cfg.validate()
-        self.task = task
-        self.out_dir = out_dir
-        self.extra_files = dict(extra_files or {})
+    def __init__(self, model_cfg: ModelConfig, task, cfg: TrainConfig, out_dir: Optional[str] = None,
+                 resume: bool = False):
+        # -- setup: processes, device, and a task the model can take
+        self.cfg, self.task, self.model_cfg, self.out_dir = cfg.validate(), task, model_cfg, out_dir
         self.rank, self.world = _rank_world()
         if cfg.batch_size % self.world:
             raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} processes")
-
-        if cfg.device == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            dev = cfg.device
-        if dev == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError("device=cuda but no GPU is available")
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            self.device = torch.device("cpu")
-
-        if model_cfg.vocab_size != task.vocab_size:
-            raise ConfigError(f"model vocab_size={model_cfg.vocab_size} but task {task.name} needs {task.vocab_size}")
-        if model_cfg.max_len < task.seq_len:
-            raise ConfigError(f"model max_len={model_cfg.max_len} is shorter than the task's sequences ({task.seq_len})")
-        torch.manual_seed(cfg.seed)  # the model init is a function of the seed alone
-        self.model = task.build_model(model_cfg).to(self.device)
-        self.model_cfg = model_cfg
-
-        spe = task.steps_per_epoch(cfg.batch_size)
-        if cfg.epochs is not None and spe is not None:
-            self.total_steps = cfg.epochs * spe
-        elif cfg.steps is not None:
-            self.total_steps = cfg.steps
-        else:
-            raise ConfigError(f"task {task.name} has no epochs: give steps")
-        self.steps_per_epoch = spe
-        unit = spe if (cfg.lr_per_epoch and spe) else 1
+        self.device = _pick_device(cfg.device)
+        self._check_task_fits_model()
+        # -- model
+        self.model, self.train_model = self._build_model()
+        # -- data: the sampler, and how long to train
+        self.steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+        self.total_steps = self._count_steps()
+        self.sampler = task.make_sampler(cfg.batch_size, cfg.seed)
+        # -- optimiser and its schedule
+        self.optimizer = self._build_optimizer()
+        unit = self.steps_per_epoch if (cfg.lr_per_epoch and self.steps_per_epoch) else 1
         self.schedule = CosineSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.total_steps, unit)
+        # -- progress so far: nothing, unless resuming
+        self.step = 0
+        self.evals = []  # eval records so far
+        self.stopped_early = False
+        self.last_checkpoint = None
+        if resume:
+            self._resume()
+        else:
+            self._start_metrics_log()
 
+    # -- setup -----------------------------------------------------------------------------------
+    def _check_task_fits_model(self) -> None:
+        cfg, task = self.model_cfg, self.task
+        if cfg.vocab_size != task.vocab_size:
+            raise ConfigError(f"model vocab_size={cfg.vocab_size} but task {task.name} needs {task.vocab_size}")
+        if cfg.max_len < task.seq_len:
+            raise ConfigError(f"model max_len={cfg.max_len} is shorter than the task's sequences ({task.seq_len})")
+
+    # -- model -----------------------------------------------------------------------------------
+    def _build_model(self):
+        """The model, and the module the training step calls (the model, or its DDP wrapper)."""
+        torch.manual_seed(self.cfg.seed)  # the model init is a function of the seed alone
+        model = self.task.build_model(self.model_cfg).to(self.device)
+        if self.world == 1:
+            return model, model
+        ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+        unused = self.task.has_unused_parameters(self.model_cfg)
+        return model, nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused, **ddp_kwargs)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _count_steps(self) -> int:
+        if self.cfg.epochs is not None and self.steps_per_epoch is not None:
+            return self.cfg.epochs * self.steps_per_epoch
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        raise ConfigError(f"task {self.task.name} has no epochs: give steps")
+
+    # -- optimiser -------------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.AdamW:
+        cfg = self.cfg
         # nanoGPT rule: decay matrices and embeddings, not norms, biases or other vectors
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
+        return torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
             **({"fused": True} if self.device.type == "cuda" else {}),
         )
-        self.sampler = task.make_sampler(cfg.batch_size, cfg.seed)
-        self.step = 0
-        self.evals = []  # eval records so far
-        self.stopped_early = False
-        self.last_checkpoint = None
 
-        if self.world > 1:
-            ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-            # the compression head never reads the LM output head (unused when untied)
-            unused = isinstance(self.model, CompressionModel) and not model_cfg.tie_embeddings
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=unused, **ddp_kwargs)
-        else:
-            self.train_model = self.model
-
-        if resume:
-            self._resume()
-        elif out_dir is not None and self.rank == 0:
-            os.makedirs(out_dir, exist_ok=True)
-            open(self._metrics_path, "w").close()  # a fresh run starts a fresh log
-
-    # -- bookkeeping ---------------------------------------------------------------------------
-    @property
-    def _metrics_path(self) -> str:
-        return os.path.join(self.out_dir, "metrics.jsonl")
-
-    def _log(self, record: dict) -> None:
-        if self.out_dir is None or self.rank != 0:
-            return
-        with open(self._metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _state(self) -> dict:
-        return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "evals": self.evals,
-            "stopped_early": self.stopped_early,
-            "train_config": asdict(self.cfg),
-            "task": self.task.name,
-        }
-
-    def save_checkpoint(self) -> Optional[str]:
-        if self.out_dir is None or not self.cfg.save_checkpoints:
-            return None
-        if self.rank == 0:
-            self.last_checkpoint = _write_checkpoint(self.out_dir, self.step, self.model, self._state(), self.extra_files)
-        if self.world > 1:
-            dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
-        return self.last_checkpoint
-
+    # -- resume ----------------------------------------------------------------------------------
     def _resume(self) -> None:
         if self.out_dir is None:
             raise CheckpointError("resume needs an output directory")
         ckpt = latest_checkpoint(self.out_dir)
         if ckpt is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.out_dir}")
-        with open(os.path.join(ckpt, "config.json")) as f:
-            saved = json.load(f)
-        wanted = self.model_cfg.to_dict()
-        diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if diff:
-            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs requested {wanted.get(k)!r}" for k in diff)
-            raise CheckpointError(f"checkpoint {ckpt} was made for another model ({detail})")
-        _load_weights(self.model, ckpt, self.device)
-        try:
-            state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read {ckpt}/trainer_state.pt: {str(e).splitlines()[0]}") from e
-        if state.get("task") != self.task.name:
-            raise CheckpointError(f"checkpoint {ckpt} was made for task {state.get('task')!r}, not {self.task.name!r}")
+        state = load_checkpoint(ckpt, self.task, self.model, self.model_cfg, self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.sampler.load_state_dict(state["sampler"])
@@ -397,12 +277,30 @@ class Trainer:
         if self.rank == 0 and os.path.exists(self._metrics_path):
             # drop what the interrupted run logged after its last checkpoint
             kept = [r for r in read_metrics(self._metrics_path) if r.get("step", 0) <= self.step]
-            tmp = self._metrics_path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(tmp, self._metrics_path)
 
-    # -- one step ------------------------------------------------------------------------------
+            def rewrite(tmp):
+                with open(tmp, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in kept)
+
+            write_atomic(self._metrics_path, rewrite)
+
+    # -- metrics log -----------------------------------------------------------------------------
+    @property
+    def _metrics_path(self) -> str:
+        return os.path.join(self.out_dir, "metrics.jsonl")
+
+    def _start_metrics_log(self) -> None:
+        if self.out_dir is not None and self.rank == 0:
+            os.makedirs(self.out_dir, exist_ok=True)
+            open(self._metrics_path, "w").close()  # a fresh run starts a fresh log
+
+    def _log(self, record: dict) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        with open(self._metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop ------------------------------------------------------------------------------------
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
@@ -410,7 +308,7 @@ class Trainer:
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self.sampler.next_batch()  # the global batch, identical on every rank
+        x, y = self.sampler.next_batch()  # (B, T) each: the global batch, identical on every rank
         n_targets = int((y != IGNORE_INDEX).sum())
         if n_targets == 0:
             raise TrainingError(f"step {self.step + 1}: the batch has no training targets")
@@ -419,8 +317,8 @@ class Trainer:
         y = y[self.rank * rows : (self.rank + 1) * rows].to(self.device, non_blocking=True)
 
         with self._autocast():
-            logits = self.task.forward(self.train_model, x)
-        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            logits = self.task.forward(self.train_model, x)  # (B/world, T, V)
+        loss_sum = self.task.loss(logits, y)
         (loss_sum * (self.world / n_targets)).backward()
 
         total = loss_sum.detach()
@@ -441,23 +339,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(x.numel()) * self.world}
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        with self._autocast():
-            metrics = self.task.evaluate(self.model)
-        record = {"type": "eval", "step": self.step, **metrics}
-        if self.steps_per_epoch:
-            record["epoch"] = self.step / self.steps_per_epoch
-        self.evals.append(record)
-        self._log(record)
-        return record
-
-    # -- the loop ------------------------------------------------------------------------------
-    def _eval_due(self) -> bool:
-        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-            return True
-        return bool(self.cfg.eval_each_epoch and self.steps_per_epoch and self.step % self.steps_per_epoch == 0)
 
     def fit(self) -> dict:
         from tqdm.auto import tqdm
@@ -502,3 +383,44 @@ class Trainer:
             "checkpoint": self.last_checkpoint,
             "wall_s": time.perf_counter() - start,
         }
+
+    # -- evaluate --------------------------------------------------------------------------------
+    def _eval_due(self) -> bool:
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            return True
+        return bool(self.cfg.eval_each_epoch and self.steps_per_epoch and self.step % self.steps_per_epoch == 0)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        with self._autocast():
+            metrics = self.task.evaluate(self.model)
+        record = {"type": "eval", "step": self.step, **metrics}
+        if self.steps_per_epoch:
+            record["epoch"] = self.step / self.steps_per_epoch
+        self.evals.append(record)
+        self._log(record)
+        return record
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "evals": self.evals,
+            "stopped_early": self.stopped_early,
+            "train_config": asdict(self.cfg),
+            "task": self.task.name,
+        }
+
+    def save_checkpoint(self) -> Optional[str]:
+        if self.out_dir is None or not self.cfg.save_checkpoints:
+            return None
+        if self.rank == 0:
+            self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.task, self.model, self._state())
+        if self.world > 1:
+            dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
+        return self.last_checkpoint

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import write_atomic, write_json_atomic
 from ..config import ConfigError
+from ..data.common import IGNORE_INDEX
 from ..registry import get_mixer
 
 @dataclass
@@ -30,7 +32,7 @@ class ModelConfig:
     max_len: int = 1024
     mlp_hidden: Optional[int] = None  # SwiGLU hidden width; default 8/3 * d_model rounded up to 32
     tie_embeddings: bool = True
-    norm_eps: float = 1e-6
+    rmsnorm_eps: float = 1e-6  # epsilon of every RMSNorm (older config.json files call it norm_eps)
 
     def __post_init__(self):
         if self.mlp_hidden is None and isinstance(self.d_model, int):
@@ -63,6 +65,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        if "norm_eps" in d:  # the old name, still in config.json files written before the rename
+            if "rmsnorm_eps" in d:
+                raise ConfigError("give rmsnorm_eps or its old name norm_eps, not both")
+            d["rmsnorm_eps"] = d.pop("norm_eps")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -94,9 +101,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, mixer: str):
         super().__init__()
-        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm1 = RMSNorm(cfg.d_model, cfg.rmsnorm_eps)
         self.mixer = get_mixer(mixer).build(cfg.d_model, cfg.max_len, cfg.mixer_args)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.rmsnorm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
     def forward(self, x, cache=None, mask=None):
@@ -110,17 +117,14 @@ class LanguageModel(nn.Module):
         self.config = config.validate()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config, m) for m in config.mixers())
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.norm = RMSNorm(config.d_model, config.rmsnorm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def num_params(self, exclude_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # tied weights counted once
-        if exclude_embedding:
-            n -= self.embed.weight.numel()
-        return n
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights counted once
 
     def new_caches(self, batch_size: int):
         return [b.mixer.new_cache(batch_size) for b in self.blocks]
@@ -141,7 +145,7 @@ class LanguageModel(nn.Module):
         logits = self.head(self.hidden_states(idx, caches, mask))
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = token_cross_entropy(logits, targets)
         return logits, loss
 
     @torch.no_grad()
@@ -178,12 +182,11 @@ class LanguageModel(nn.Module):
 
     # -- persistence: safetensors weights + JSON config beside them --------------------------
     def save(self, directory: str) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically."""
         from safetensors.torch import save_model
 
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, ".model.safetensors.tmp")
-        save_model(self, tmp)
-        os.replace(tmp, os.path.join(directory, "model.safetensors"))
+        write_atomic(os.path.join(directory, "model.safetensors"), lambda tmp: save_model(self, tmp))
         write_json_atomic(os.path.join(directory, "config.json"), self.config.to_dict())
 
     @classmethod
@@ -217,10 +220,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
     return torch.multinomial(probs, 1, generator=gen)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of (B, T, V) logits against (B, T) target ids, skipping targets == -100.
+    Reduced in float32 whatever the logits' dtype (bf16 under autocast would lose the sum)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)

@@ -1,4 +1,4 @@
-"""Trainer: learning, exact resume, NaN stop, schedule, DDP equivalence, cached generation."""
+"""Trainer: learning, exact resume after an interruption, NaN stop, schedule, DDP equivalence."""
 
 import math
 import os
@@ -8,31 +8,10 @@ import sys
 import pytest
 import torch
 
-from hypermlp.data import make_task
-from hypermlp.models import LanguageModel, ModelConfig
-from hypermlp.tasks import CompressionModel, build_task, task_from_data
+from hypermlp.models import LanguageModel
 from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint, read_metrics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise reproducibility does not depend on thread scheduling
-    yield
-    torch.set_num_threads(old)
-
-
-def recall_task(seq_len=32, num_train=256):
-    return task_from_data(make_task("in_context_recall", vocab_size=16, seq_len=seq_len,
-                                    num_train=num_train, num_test=64, seed=0))
-
-
-def tiny_cfg(mixer="hyperglu", vocab=16, max_len=32):
-    return ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, mixer=mixer, mixer_args={"n_heads": 2}, max_len=max_len)
-
-
-def train_losses(path):
-    return [(r["step"], r["loss"]) for r in read_metrics(path) if r["type"] == "train"]
+from .helpers import recall_task, tiny_cfg, train_losses
 
 
 class Interrupt(Exception):
@@ -40,13 +19,14 @@ class Interrupt(Exception):
 
 
 class FlakyTask:
-    """Wraps a task; its forward raises (or returns NaN) from a given call on."""
+    """Wraps a task (everything else is the task's); its forward raises (or returns NaN) from a
+    given call on."""
 
     def __init__(self, task, at_call, mode):
-        self.__dict__.update(task.__dict__)
         self._task, self._at, self._mode, self._calls = task, at_call, mode, 0
-        for name in ("build_model", "make_sampler", "steps_per_epoch", "evaluate"):
-            setattr(self, name, getattr(task, name))
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
 
     def forward(self, model, x):
         if model.training:
@@ -116,30 +96,6 @@ def test_cosine_schedule_warmup_and_epochs():
                                                       round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6)]
 
 
-def test_compression_task_encoder_decoder_and_checkpoint(tmp_path):
-    task = build_task("mad:compression", {"seq_len": 12, "num_train": 128, "num_test": 32})[0]
-    cfg = tiny_cfg(max_len=12)
-    trainer = Trainer(cfg, task, TrainConfig(steps=30, batch_size=32, lr=3e-3, weight_decay=0.0), out_dir=str(tmp_path))
-    res = trainer.fit()
-    assert isinstance(trainer.model, CompressionModel)
-    losses = [l for _, l in res["train_loss"]]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
-    x = task.data.test_inputs[:2].clone()
-    with torch.no_grad():
-        out = trainer.model(x)
-        assert out.shape == (2, 12, 16)
-        # the decoder sees the encoder's last position only
-        last = trainer.model.encoder.hidden_states(x)[:, -1]
-        m = trainer.model
-        by_hand = m.out(torch.nn.functional.gelu(m.fc(m.norm(last[:, None] + m.query[None]))))
-        torch.testing.assert_close(out, by_hand)
-    # weights come back exactly from the checkpoint (encoder + decoder)
-    again = Trainer(cfg, task, TrainConfig(steps=30, batch_size=32), out_dir=str(tmp_path), resume=True)
-    with torch.no_grad():
-        assert torch.equal(again.model(x), out)
-    assert LanguageModel.load(latest_checkpoint(str(tmp_path))).config == cfg
-
-
 def test_ddp_two_processes_match_one(tmp_path):
     # noisy recall ignores noise targets, so the rows of a batch hold different numbers of
     # targets: the per-rank loss must be weighted by the global count to match one process
@@ -164,18 +120,3 @@ def test_ddp_two_processes_match_one(tmp_path):
     wb = LanguageModel.load(latest_checkpoint(str(tmp_path / "two"))).state_dict()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("mixer", ["softmax", "relu", "hypermlp", "hyperglu"])
-def test_greedy_cached_generation_equals_full_recomputation(mixer):
-    torch.manual_seed(0)
-    model = LanguageModel(tiny_cfg(mixer, vocab=50, max_len=40)).double().eval()
-    prompt = torch.randint(0, 50, (2, 7))
-    cached = model.generate(prompt, max_new_tokens=20, temperature=0)
-    ids = prompt
-    with torch.no_grad():
-        for _ in range(20):  # no cache: the whole sequence again for every token
-            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], dim=1)
-    assert torch.equal(cached, ids)
-    assert len(set(ids[0, 7:].tolist())) > 1  # not a constant continuation

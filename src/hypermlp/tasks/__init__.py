@@ -1,0 +1,107 @@
+"""Tasks: what the Trainer trains on. ``build_task("mad:in_context_recall", data)`` gives the
+task and its resolved data settings; ``base.Task`` is the contract every task meets.
+
+* ``lm``: next-token prediction on a text corpus (``lm.LMTask``);
+* ``mad:<name>``, ``mqar``: supervised token tasks, MAD compression with its decoder head
+  (``token.TokenTask``, ``token.CompressionTask``);
+* ``samplers``: the resumable batch samplers.
+
+The tasks and their protocols: docs/math.md §8.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from ..config import ConfigError
+from ..defaults import LM_DATA, MQAR_DATA, default_cache_dir, train_defaults
+from .base import Task, batched_logits
+from .lm import LMTask
+from .samplers import EpochSampler, WindowSampler
+from .token import CompressionModel, CompressionTask, TokenTask, task_from_data
+
+__all__ = [
+    "Task",
+    "batched_logits",
+    "WindowSampler",
+    "EpochSampler",
+    "LMTask",
+    "TokenTask",
+    "CompressionTask",
+    "CompressionModel",
+    "task_from_data",
+    "TASK_HELP",
+    "parse_task_name",
+    "build_task",
+    "resolve_train",
+]
+
+TASK_HELP = "mad:<name> (one of the six MAD tasks), mqar, or lm"
+
+
+def parse_task_name(task: str) -> Tuple[str, Optional[str]]:
+    """'mad:in_context_recall' -> ('mad', 'in_context_recall'); 'lm' -> ('lm', None)."""
+    from ..data.mad import MAD_TASKS
+
+    if not isinstance(task, str):
+        raise ConfigError(f"task must be a string ({TASK_HELP}), got {task!r}")
+    if task in ("lm", "mqar"):
+        return task, None
+    if task.startswith("mad:") and task[4:] in MAD_TASKS:
+        return "mad", task[4:]
+    raise ConfigError(f"unknown task {task!r}; choose {TASK_HELP}: MAD tasks are {sorted(MAD_TASKS)}")
+
+
+def resolve_train(task: str, user: dict, preset: str = "quick") -> dict:
+    """The task's training defaults overridden by ``user``; a user ``steps`` without ``epochs``
+    means steps (it drops the task's default epochs)."""
+    kind, _ = parse_task_name(task)
+    train = {**train_defaults(kind, preset), **user}
+    if user.get("steps") is not None and user.get("epochs") is None:
+        train["epochs"] = None
+    return train
+
+
+def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] = None):
+    """The task for a task name and its data settings; returns (task, resolved settings).
+
+    ``data`` overrides the task's defaults: the MAD baseline (``mad_settings(name)[0]``),
+    ``defaults.MQAR_DATA``, or for ``lm`` ``defaults.LM_DATA`` (path, tokenizer, seq_len,
+    eval_windows, max_bytes, bpe_vocab_size, val_fraction, seed).
+    """
+    from ..data import make_task
+    from ..data.mad import mad_settings
+
+    kind, name = parse_task_name(task)
+    data = dict(data or {})
+    if kind == "lm":
+        from ..data.text import load_corpus
+
+        s = _merge_known(LM_DATA, data, "lm data")
+        corpus = load_corpus(
+            s["path"], tokenizer=s["tokenizer"], bpe_vocab_size=s["bpe_vocab_size"],
+            val_fraction=s["val_fraction"], cache_dir=cache_dir or default_cache_dir(),
+            seed=s["seed"], max_bytes=s["max_bytes"],
+        )
+        s["source"] = corpus.source  # recorded in run.yaml for the reader
+        s["vocab_size"] = corpus.vocab_size
+        return LMTask(corpus, seq_len=s["seq_len"], eval_windows=s["eval_windows"]), s
+    if kind == "mqar":
+        s = _merge_known(MQAR_DATA, data, "mqar data")
+        return TokenTask(make_task("mqar", cache_dir, **s), label="mqar"), s
+    base = mad_settings(name, "quick", seed=int(data.get("seed", 0)))[0]
+    s = _merge_known(base, data, f"{name} data")
+    if name == "fuzzy_in_context_recall" and "vocab_size" in data and "num_keys" not in data:
+        s["num_keys"] = (s["vocab_size"] - 1) // 2  # keys follow the vocabulary, as in MAD
+    try:
+        task_data = make_task(name, cache_dir, **s)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return task_from_data(task_data, label=name), s
+
+
+def _merge_known(defaults: dict, overrides: dict, what: str) -> dict:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **overrides}

@@ -1,0 +1,19 @@
+"""Small tasks and models shared by the trainer, checkpoint and task tests."""
+
+from hypermlp.data import make_task
+from hypermlp.models import ModelConfig
+from hypermlp.tasks import task_from_data
+from hypermlp.train import read_metrics
+
+
+def recall_task(seq_len=32, num_train=256):
+    return task_from_data(make_task("in_context_recall", vocab_size=16, seq_len=seq_len,
+                                    num_train=num_train, num_test=64, seed=0))
+
+
+def tiny_cfg(mixer="hyperglu", vocab=16, max_len=32):
+    return ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, mixer=mixer, mixer_args={"n_heads": 2}, max_len=max_len)
+
+
+def train_losses(path):
+    return [(r["step"], r["loss"]) for r in read_metrics(path) if r["type"] == "train"]
