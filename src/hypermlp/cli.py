@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 from .defaults import TRAIN_OUT_DIR
+from .variants import help_text as variant_help_text
 
 __all__ = ["main"]
 
@@ -75,7 +76,8 @@ def _has_run(out: str) -> bool:
 # ----------------------------------------------------------------------------- train
 def _add_model_flags(p):
     g = p.add_argument_group("model (override the config file)")
-    g.add_argument("--mixer", help="softmax, relu, hypermlp or hyperglu; a comma list gives one per layer")
+    g.add_argument("--mixer", help="softmax, relu, hypermlp or hyperglu, " + variant_help_text()
+                   + "; a comma list gives one per layer")
     g.add_argument("--d-model", type=int)
     g.add_argument("--n-layers", type=int)
     g.add_argument("--n-heads", type=int)
@@ -313,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "seeds; write report.md, results.json and PNG plots.")
     p.add_argument("--config", help="suite YAML (see configs/demo.yaml); default: a small built-in suite")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
-    p.add_argument("--mixers", help="comma list (default softmax,relu,hypermlp,hyperglu)")
+    p.add_argument("--mixers", help="comma list (default softmax,relu,hypermlp,hyperglu): registered mixers, names "
+                                    "under the config's variants:, " + variant_help_text())
     p.add_argument("--seeds", help="comma list of seeds, e.g. 0,1")
     p.add_argument("--workers", type=int, help="parallel training processes")
     p.add_argument("--cache-dir", help="data cache folder")

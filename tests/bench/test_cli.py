@@ -22,15 +22,15 @@ def test_bench_runs_end_to_end_on_tiny_sizes(tmp_path, capsys):
     assert code == 0
     assert torch.get_num_threads() == threads  # restored
     res = json.loads((out / "bench.json").read_text())
-    rows = {(r["T"], r["contender"]): r for r in res["layer"]["rows"]}
+    rows = {(r["T"], r["mixer"]): r for r in res["layer"]["rows"]}
     assert rows[(24, "softmax")]["fwd_bwd_ratio"] == 1.0
     assert rows[(24, "hyperglu-ref")]["peak_extra_bytes"] > 0 and "skipped" in rows[(40, "hyperglu-ref")]["note"]
-    assert {r["contender"] for r in res["decode"]["rows"]} == {"softmax", "relu", "hyperglu", "hypermlp"}
+    assert {r["mixer"] for r in res["decode"]["rows"]} == {"softmax", "relu", "hyperglu", "hypermlp"}
     params = [r["params"] for r in res["lm"]["rows"]]
     assert max(params) - min(params) <= 0.01 * min(params), res["lm"]["matching"]  # matched budgets
     assert any(t["target"].startswith("HyperGLU fwd+bwd") for t in res["targets"])
     printed = capsys.readouterr().out
-    assert "| T | contender |" in printed and "## Targets" in printed
+    assert "| T | mixer |" in printed and "## Targets" in printed
     assert (out / "layer_time.png").exists() and (out / "decode_latency.png").exists()
     assert (out / "bench.md").read_text() == printed
     for key in ("cpu_count", "torch", "torch_threads", "device", "dtype", "loadavg_start", "loadavg_end"):
@@ -52,7 +52,7 @@ def test_defaults_full_and_quick():
     fill_defaults(args)
     assert args.seq_lens == [512, 1024, 2048, 4096, 8192] and args.repeats == 3 and args.ref_max_len == 512
     assert (args.prompt_len, args.new_tokens, args.lm_seq_len, args.lm_batch, args.lm_steps) == (1536, 512, 1024, 4, 4)
-    assert args.contenders == ["softmax", "relu", "hyperglu", "hypermlp", "hyperglu-ref", "hypermlp-ref"]
+    assert args.mixers == ["softmax", "relu", "hyperglu", "hypermlp", "hyperglu-ref", "hypermlp-ref"]
     assert args.sections == ["layer", "decode", "lm"] and args.out == "runs/bench"
     quick = build_parser().parse_args(["--quick", "--repeats", "5"])
     fill_defaults(quick)
@@ -63,8 +63,17 @@ def test_defaults_full_and_quick():
 def test_bad_flags_are_refused(capsys):
     with pytest.raises(SystemExit, match="--lm-layers must be positive"):
         fill_defaults(build_parser().parse_args(["--lm-layers", "0"]))
-    assert hypermlp_main(["bench", "--contenders", "softmax,mamba"]) == 2
+    assert hypermlp_main(["bench", "--mixers", "softmax,mamba"]) == 2
     assert "mamba" in capsys.readouterr().err
+
+
+def test_contenders_is_a_hidden_alias_of_mixers(capsys):
+    args = build_parser().parse_args(["--contenders", "softmax,hyperglu"])
+    fill_defaults(args)
+    assert args.mixers == ["softmax", "hyperglu"] and not hasattr(args, "contenders")
+    assert hypermlp_main(["bench", "--contenders", "softmax,mamba"]) == 2  # checked like --mixers
+    assert "mamba" in capsys.readouterr().err
+    assert "--contenders" not in build_parser().format_help() and "--mixers" in build_parser().format_help()
 
 
 def test_bench_delegates(capsys):

@@ -12,12 +12,12 @@ def args(**over):
 
 
 RESULTS = {
-    "layer": {"rows": [{"T": 2048, "contender": "hyperglu", "fwd_bwd_ratio": 1.5},
-                       {"T": 4096, "contender": "hyperglu", "peak_extra_bytes": 100},
-                       {"T": 8192, "contender": "hyperglu", "peak_extra_bytes": 300}]},
-    "decode": {"rows": [{"contender": "hyperglu", "prompt": 1536, "new_tokens": 512, "speedup_vs_recompute": 30.0,
+    "layer": {"rows": [{"T": 2048, "mixer": "hyperglu", "fwd_bwd_ratio": 1.5},
+                       {"T": 4096, "mixer": "hyperglu", "peak_extra_bytes": 100},
+                       {"T": 8192, "mixer": "hyperglu", "peak_extra_bytes": 300}]},
+    "decode": {"rows": [{"mixer": "hyperglu", "prompt": 1536, "new_tokens": 512, "speedup_vs_recompute": 30.0,
                          "cached_ratio": 1.2}]},
-    "lm": {"rows": [{"contender": "hyperglu", "throughput_ratio": 0.4}]},
+    "lm": {"rows": [{"mixer": "hyperglu", "throughput_ratio": 0.4}]},
 }
 
 

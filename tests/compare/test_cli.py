@@ -91,3 +91,38 @@ def test_compare_named_mixers_build_their_own_mixer_arguments(tmp_path, capsys):
     bad.write_text("mixers: [softmax, x]\nvariants: {x: {mixer: transformer}}\ntasks: [{task: lm}]\n")
     assert_one_line_error(capsys, main(["compare", "--config", str(bad), "--out", str(tmp_path / "o")]), "variants", "'x'")
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_runs_variant_names_under_the_paper_rule(tmp_path, capsys):
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text(
+        "mixers: [S-pc, R-cg-q-12o, R-12!]\n"
+        "budget: {rule: paper}\n"
+        "model: {d_model: 32, n_layers: 1, mixer_args: {n_heads: 2}}\n"
+        "tasks:\n"
+        "  - task: mad:in_context_recall\n"
+        "    data: {seq_len: 16, num_train: 64, num_test: 32}\n"
+        "    train: {epochs: 1, batch_size: 32}\n"
+        "    grid: {lr: [1e-3], weight_decay: [0.0]}\n"
+    )
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(cfg), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["suite"]["budget"] == {"rule": "paper", "reference": "S-pc"}
+    (budget,) = results["budgets"].values()
+    rows = {r["name"]: r for r in budget["rows"]}
+    assert rows["S-pc"]["changed"] == "nothing (reference)"
+    assert rows["R-12!"]["changed"] == "unmatched (over-parameterised bound)"
+    assert abs(rows["R-cg-q-12o"]["params"] - rows["S-pc"]["params"]) <= 0.01 * rows["S-pc"]["params"]
+    assert {r["mixer"] for r in results["runs"]} == {"S-pc", "R-cg-q-12o", "R-12!"}
+    report = (out / "report.md").read_text()
+    assert "Rule `paper`: the reference `S-pc` keeps its configuration" in report
+    assert "| R-12! |" in report and "unmatched (over-parameterised bound)" in report
+    capsys.readouterr()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixers: [S-pc, R-12!]\nbudget: {rule: paper, reference: R-12!}\ntasks: [{task: lm}]\n")
+    assert_one_line_error(capsys, main(["compare", "--config", str(bad), "--out", str(tmp_path / "o")]),
+                          "budget.reference 'R-12!'")
+    assert_one_line_error(capsys, main(["compare", "--mixers", "S-pc,S-c-12o", "--out", str(tmp_path / "o")]),
+                          "'S-c-12o'", "letter '1'")
+    assert not (tmp_path / "o").exists()

@@ -71,6 +71,24 @@ def test_plan_tasks_builds_data_and_matches_budgets():
     assert logged and logged[0].startswith("\n[budget] in_context_recall / ")
 
 
+def test_plan_tasks_matches_by_the_paper_rule_and_leaves_bounds_alone():
+    suite = load_suite({"mixers": ["R-cg-q-12o", "S-pc", "S-c-v", "R-12o!"], "budget": {"rule": "paper"},
+                        "model": {"d_model": 32, "n_layers": 1, "mixer_args": {"n_heads": 2}}, "tasks": [RECALL]})
+    (plan,) = plan_tasks(suite, lambda msg: None)
+    (s,) = plan.settings
+    rows = {r["name"]: r for r in s.budget_rows}
+    target = rows["S-pc"]["params_before"]
+    assert rows["S-pc"]["changed"] == "nothing (reference)" and rows["S-pc"]["params"] == target
+    for name in ("R-cg-q-12o", "S-c-v"):
+        assert abs(rows[name]["params"] - target) <= 0.01 * target and rows[name]["changed"] != "nothing"
+    assert rows["R-12o!"]["changed"] == "unmatched (over-parameterised bound)"
+    assert rows["R-12o!"]["params"] == rows["R-12o!"]["params_before"] > target
+    assert s.models["S-c-v"].mixer == "S-c-v" and s.models["S-c-v"].mlp_hidden > s.models["S-pc"].mlp_hidden
+    # a variant name costs what its registered mixer does
+    jobs = {j.mixer: j.cost for j in expand_jobs(suite, [plan])}
+    assert jobs["S-c-v"] == jobs["S-pc"] < jobs["R-cg-q-12o"] == jobs["R-12o!"]
+
+
 @pytest.mark.parametrize("error", [None, "loss is nan"])
 def test_job_result_json_keeps_the_key_order(error):
     r = JobResult(id=3, label="lm", setting=0, mixer="softmax", seed=1, lr=1e-3, weight_decay=0.1, final={"val_loss": 2.0},

@@ -60,6 +60,21 @@ def test_named_mixers_resolve_to_a_registered_mixer_with_its_arguments():
     assert list(d["tasks"][0]) == ["task", "kind", "label", "preset", "data", "train", "grid", "model"]
 
 
+def test_variant_names_are_mixers_and_the_paper_rule_finds_its_reference():
+    s = load_suite(suite_with(mixers=["R-cg-q-12o", "G-cg-q-12o", "S-c-q", "S-pc", "R-12!"], budget={"rule": "paper"}))
+    assert s.mixers == ("R-cg-q-12o", "G-cg-q-12o", "S-c-q", "S-pc", "R-12!")
+    assert s.resolve("G-cg-q-12o") == NamedMixer("G-cg-q-12o", "G-cg-q-12o", {})
+    assert s.budget == {"rule": "paper", "reference": "S-c-q"}  # the first softmax mixer
+    # a named mixer over a variant name, and one over softmax, can be the reference
+    s = load_suite(suite_with(mixers=["R-cg-q-12o", "sm"], variants={"sm": {"mixer": "S-pc", "mixer_args": {"n_heads": 4}}},
+                              budget={"rule": "paper", "tol": 0.02}))
+    assert s.budget == {"rule": "paper", "reference": "sm", "tol": 0.02}
+    assert s.resolve("sm") == NamedMixer("sm", "S-pc", {"n_heads": 4})
+    # grow, the default, is kept as given
+    assert load_suite(suite_with(budget={"tol": 0.01})).budget == {"tol": 0.01}
+    assert load_suite(suite_with(budget={"rule": "grow"})).budget == {"rule": "grow"}
+
+
 def test_the_built_in_default_suite_loads():
     s = load_suite(dict(DEFAULT_SUITE))
     assert [t.kind for t in s.tasks] == ["mad", "lm"]
@@ -83,6 +98,21 @@ def test_the_built_in_default_suite_loads():
         (suite_with(model=[1]), "model must be a mapping"),
         (suite_with(budget={"tol": 0.01, "target_count": 5}), "unknown budget setting(s) ['target_count']"),
         (suite_with(budget={"target": "mamba"}), "budget target 'mamba'"),
+        (suite_with(mixers=["S-pc", "S-c-12o"]), "mixers: variant name 'S-c-12o': letter '1'"),
+        (suite_with(mixers=["S-pc", "R-cx"]), "unknown letter 'x'"),
+        (suite_with(mixers=["S-pc", "x"], variants={"x": {"mixer": "G-o"}}), "variants: 'x': variant name 'G-o'"),
+        (suite_with(budget={"rule": "equal"}), "budget.rule must be one of grow, paper, got 'equal'"),
+        (suite_with(mixers=["S-pc", "R-cg-q-12o"], budget={"rule": "paper", "reference": "softmax"}),
+         "budget.reference 'softmax' is not one of the mixers"),
+        (suite_with(mixers=["S-pc", "R-12!"], budget={"rule": "paper", "reference": "R-12!"}),
+         "budget.reference 'R-12!' is an over-parameterised bound"),
+        (suite_with(mixers=["S-pc", "big"], variants={"big": {"mixer": "R-12o!"}}, budget={"rule": "paper", "reference": "big"}),
+         "budget.reference 'big' is an over-parameterised bound"),
+        (suite_with(mixers=["S-pc", "R-12!"], budget={"target": "R-12!"}), "budget target 'R-12!' is an over-parameterised"),
+        (suite_with(mixers=["S-pc"], budget={"rule": "paper", "target": None}), "budget.target does not apply to rule paper"),
+        (suite_with(mixers=["S-pc"], budget={"rule": "paper", "qk_max_factor": 1.0}), "budget.qk_max_factor does not apply"),
+        (suite_with(mixers=["S-pc"], budget={"reference": "S-pc"}), "budget.reference applies to rule paper only"),
+        (suite_with(mixers=["R-cg-q", "G-cg-q-12o"], budget={"rule": "paper"}), "budget.rule paper needs a reference"),
         ({"tasks": []}, "non-empty list 'tasks'"),
         ({"tasks": [{"data": {}}]}, "needs a 'task' key"),
         ({"tasks": [{**RECALL, "epochs": 3}]}, "unknown task setting(s) ['epochs']"),

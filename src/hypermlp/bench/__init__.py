@@ -12,8 +12,8 @@ given as a ratio to softmax attention (see benchmarks/README.md for the method):
 
 measure.py holds the clock and the memory probes, mixers.py which layers are built, targets.py
 the targets they are judged against, report.py the tables and plots, cli.py the flags and the
-run that writes bench.json, bench.md and the PNGs. (The ``--contenders`` flag and the
-``contender`` field of bench.json and its tables keep their first names; both mean a mixer.)
+run that writes bench.json, bench.md and the PNGs. ``--mixers`` picks the layer section's mixers
+(``--contenders``, its first name, still works); rows name theirs in the ``mixer`` field.
 """
 
 from .cli import build_parser, main

@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of layer,decode,lm (default: all)")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke run of a minute or two)")
     p.add_argument("--seq-lens", type=_ints, default=None, help="layer section lengths (default 512,1024,2048,4096,8192)")
-    p.add_argument("--contenders", type=_names(LAYER_MIXERS), default=None,
+    p.add_argument("--mixers", type=_names(LAYER_MIXERS), default=None,
                    help=f"layer-section mixers (default all: {','.join(LAYER_MIXERS)})")
+    p.add_argument("--contenders", dest="mixers", type=_names(LAYER_MIXERS), default=None,
+                   help=argparse.SUPPRESS)  # the flag's first name, kept for old command lines
     p.add_argument("--ref-max-len", type=int, default=None,
                    help="longest T for the (Python-loop) reference layers, -ref (default 512; --quick 256)")
     p.add_argument("--batch", type=int, default=2)
@@ -102,8 +104,8 @@ def fill_defaults(args) -> None:
         if getattr(args, name) is None:
             value = quick if args.quick else full
             setattr(args, name, list(value) if isinstance(value, list) else value)  # a copy: args may be edited
-    if args.contenders is None:
-        args.contenders = list(LAYER_MIXERS)
+    if args.mixers is None:
+        args.mixers = list(LAYER_MIXERS)
     for name in POSITIVE:
         if getattr(args, name) <= 0:
             raise SystemExit(f"hypermlp bench: error: --{name.replace('_', '-')} must be positive")

@@ -39,7 +39,7 @@ def bench_decode(args, env: Env, log) -> dict:
         median_cached = statistics.median(latencies)
         mean_recompute = statistics.mean(recompute.values())
         rows.append({
-            "contender": n, "prompt": prompt, "new_tokens": new, "prefill_s": prefill,
+            "mixer": n, "prompt": prompt, "new_tokens": new, "prefill_s": prefill,
             "cached_mean_s": statistics.mean(latencies), "cached_median_s": median_cached, "cached_min_s": min(latencies),
             "recompute_mean_s": mean_recompute, "recompute_points": {str(k): v for k, v in recompute.items()},
             "speedup_vs_recompute": mean_recompute / median_cached,
@@ -48,7 +48,7 @@ def bench_decode(args, env: Env, log) -> dict:
         log(f"  decode {n}: cached {median_cached * 1e3:.2f} ms/token, recompute {mean_recompute * 1e3:.1f} ms/token")
         del layer
         gc.collect()
-    base = next((r for r in rows if r["contender"] == "softmax"), None)
+    base = next((r for r in rows if r["mixer"] == "softmax"), None)
     for r in rows:
         if base is not None:
             r["cached_ratio"] = r["cached_median_s"] / base["cached_median_s"]

@@ -23,9 +23,9 @@ RATIO_OF = {"fwd_s": "fwd_ratio", "fwd_bwd_s": "fwd_bwd_ratio", "peak_extra_byte
 
 
 def bench_layers(args, env: Env, log) -> dict:
-    """Every mixer of ``--contenders`` at every length of ``--seq-lens``: rows of times, memory
+    """Every mixer of ``--mixers`` at every length of ``--seq-lens``: rows of times, memory
     and ratios to softmax at the same length."""
-    d, b, mixers = args.d_model, args.batch, args.contenders
+    d, b, mixers = args.d_model, args.batch, args.mixers
     torch.manual_seed(args.seed)
     layers = {n: make_layer(n, d, max(args.seq_lens), args.chunk_size).to(env.device) for n in mixers}
     params = {n: sum(p.numel() for p in layer.parameters()) for n, layer in layers.items()}
@@ -42,7 +42,7 @@ def bench_layers(args, env: Env, log) -> dict:
         measured = [n for n in active if n not in failed]
         memory = {} if args.no_memory else {n: _measure_memory(layers[n], x, env) for n in measured}
         for n in mixers:
-            row = {"T": t, "contender": n, "params": params[n], "config": desc[n]}
+            row = {"T": t, "mixer": n, "params": params[n], "config": desc[n]}
             if n in measured:
                 row.update(_timing_fields(samples[n]))
                 last[n] = (t, row["fwd_bwd_s"])
@@ -56,7 +56,7 @@ def bench_layers(args, env: Env, log) -> dict:
             if n in notes:
                 row["note"] = notes[n]
             rows.append(row)
-        log(f"  layer T={t}: " + ", ".join(f"{r['contender']} {fmt_ms(r.get('fwd_bwd_s'))}" for r in rows if r["T"] == t))
+        log(f"  layer T={t}: " + ", ".join(f"{r['mixer']} {fmt_ms(r.get('fwd_bwd_s'))}" for r in rows if r["T"] == t))
     _add_ratios_to_softmax(rows)
     return {"rows": rows, "params": params, "config": desc, "batch": b, "d_model": d}
 
@@ -147,7 +147,7 @@ def _timing_fields(s: Dict[str, List[float]]) -> dict:
 
 
 def _add_ratios_to_softmax(rows: List[dict]) -> None:
-    by = {(r["T"], r["contender"]): r for r in rows}
+    by = {(r["T"], r["mixer"]): r for r in rows}
     for r in rows:
         base = by.get((r["T"], "softmax"))
         for key, ratio in RATIO_OF.items():

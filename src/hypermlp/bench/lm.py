@@ -87,12 +87,12 @@ def bench_lm(args, env: Env, log) -> dict:
         peak = None if args.no_memory else peak_extra_bytes(lambda: step(n, 0), env)
         best = min(times[n])
         rows.append({
-            "contender": n, "params": model.num_params(), "tokens_per_s": b * t / best, "step_s": best,
+            "mixer": n, "params": model.num_params(), "tokens_per_s": b * t / best, "step_s": best,
             "step_samples": times[n], "peak_extra_bytes": peak, "mlp_hidden": cfgs[n].mlp_hidden,
             "mixer_args": dict(cfgs[n].mixer_args),
         })
         log(f"  lm {n}: {b * t / best:.0f} tokens/s, {model.num_params():,} params")
-    base = next(r for r in rows if r["contender"] == "softmax")
+    base = next(r for r in rows if r["mixer"] == "softmax")
     for r in rows:
         r["throughput_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
         if r["peak_extra_bytes"] and base["peak_extra_bytes"]:

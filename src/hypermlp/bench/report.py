@@ -31,9 +31,9 @@ def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
 
 # --------------------------------------------------------------------------------------- tables
 def format_layer_table(res: dict) -> str:
-    headers = ["T", "contender", "fwd ms", "x sm", "fwd+bwd ms", "x sm", "peak MiB", "x sm", "saved MiB", "note"]
+    headers = ["T", "mixer", "fwd ms", "x sm", "fwd+bwd ms", "x sm", "peak MiB", "x sm", "saved MiB", "note"]
     rows = [[
-        str(r["T"]), r["contender"], fmt_ms(r.get("fwd_s")), fmt_ratio(r.get("fwd_ratio")),
+        str(r["T"]), r["mixer"], fmt_ms(r.get("fwd_s")), fmt_ratio(r.get("fwd_ratio")),
         fmt_ms(r.get("fwd_bwd_s")), fmt_ratio(r.get("fwd_bwd_ratio")), fmt_mib(r.get("peak_extra_bytes")),
         fmt_ratio(r.get("peak_extra_ratio")), fmt_mib(r.get("saved_bytes")), r.get("note", ""),
     ] for r in res["rows"]]
@@ -41,9 +41,9 @@ def format_layer_table(res: dict) -> str:
 
 
 def format_decode_table(res: dict) -> str:
-    headers = ["contender", "prefill ms", "cached ms/token (median)", "x sm", "recompute ms/token (mean)", "cached speed-up"]
+    headers = ["mixer", "prefill ms", "cached ms/token (median)", "x sm", "recompute ms/token (mean)", "cached speed-up"]
     rows = [[
-        r["contender"], fmt_ms(r["prefill_s"]), f"{r['cached_median_s'] * 1e3:.2f}", fmt_ratio(r.get("cached_ratio")),
+        r["mixer"], fmt_ms(r["prefill_s"]), f"{r['cached_median_s'] * 1e3:.2f}", fmt_ratio(r.get("cached_ratio")),
         f"{r['recompute_mean_s'] * 1e3:.1f}", f"{r['speedup_vs_recompute']:.0f}x",
     ] for r in res["rows"]]
     return markdown_table(headers, rows)
@@ -52,7 +52,7 @@ def format_decode_table(res: dict) -> str:
 def format_lm_table(res: dict) -> str:
     headers = ["mixer", "params", "mixer args", "mlp_hidden", "tokens/s", "x sm", "step ms", "peak MiB", "x sm"]
     rows = [[
-        r["contender"], f"{r['params']:,}", json.dumps(r["mixer_args"]) if r["mixer_args"] else "defaults",
+        r["mixer"], f"{r['params']:,}", json.dumps(r["mixer_args"]) if r["mixer_args"] else "defaults",
         str(r["mlp_hidden"]), f"{r['tokens_per_s']:.0f}", fmt_ratio(r["throughput_ratio"]), fmt_ms(r["step_s"]),
         fmt_mib(r["peak_extra_bytes"]), fmt_ratio(r.get("peak_extra_ratio")),
     ] for r in res["rows"]]
@@ -128,13 +128,13 @@ def make_plots(results: dict, out_dir: str) -> List[str]:
 
 def _layer_plots(plt, layer: dict):
     """Time and memory against T, one line per mixer, log-log."""
-    names = sorted({r["contender"] for r in layer["rows"]}, key=LAYER_MIXERS.index)
+    names = sorted({r["mixer"] for r in layer["rows"]}, key=LAYER_MIXERS.index)
     for key, label, name in (("fwd_bwd_s", "forward+backward time (s)", "layer_time.png"),
                              ("fwd_s", "forward time (s)", "layer_fwd_time.png"),
                              ("peak_extra_bytes", "peak extra memory, fwd+bwd (MiB)", "layer_memory.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for n in names:
-            points = [(r["T"], r[key]) for r in layer["rows"] if r["contender"] == n and r.get(key)]
+            points = [(r["T"], r[key]) for r in layer["rows"] if r["mixer"] == n and r.get(key)]
             if points:
                 xs, ys = zip(*points)
                 ys = [y / MIB for y in ys] if key.endswith("bytes") else ys
@@ -170,7 +170,7 @@ def _decode_plot(plt, decode: dict):
 def _lm_plot(plt, lm: dict):
     """Training tokens/s per mixer."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([r["contender"] for r in lm["rows"]], [r["tokens_per_s"] for r in lm["rows"]])
+    ax.bar([r["mixer"] for r in lm["rows"]], [r["tokens_per_s"] for r in lm["rows"]])
     ax.set_ylabel("training tokens / s")
     ax.set_title(f"LM, {lm['n_layers']} layers, batch {lm['batch']} x {lm['seq_len']}")
     return fig

@@ -20,7 +20,7 @@ def check_targets(results: dict, args) -> List[dict]:
 
     layer = results.get("layer")
     if layer:
-        by = {(r["T"], r["contender"]): r for r in layer["rows"]}
+        by = {(r["T"], r["mixer"]): r for r in layer["rows"]}
         add("HyperGLU fwd+bwd at T=2048 <= 2x softmax", by.get((2048, "hyperglu"), {}).get("fwd_bwd_ratio"),
             base_ok, lambda v: v <= 2.0)
         peak_4k = by.get((4096, "hyperglu"), {}).get("peak_extra_bytes")
@@ -29,7 +29,7 @@ def check_targets(results: dict, args) -> List[dict]:
         add("HyperGLU peak training memory T=8192 / T=4096 <= 2.5", growth, base_ok, lambda v: v <= 2.5)
     decode = results.get("decode")
     if decode:
-        glu = next((r for r in decode["rows"] if r["contender"] == "hyperglu"), None)
+        glu = next((r for r in decode["rows"] if r["mixer"] == "hyperglu"), None)
         if glu:
             ok = base_ok and glu["prompt"] == 1536 and glu["new_tokens"] == 512
             add(f"HyperGLU cached decode >= 20x faster than recompute (prompt {glu['prompt']}, {glu['new_tokens']} tokens)",
@@ -37,7 +37,7 @@ def check_targets(results: dict, args) -> List[dict]:
             add("HyperGLU per-token latency <= 2x softmax with KV cache", glu.get("cached_ratio"), ok, lambda v: v <= 2.0)
     lm = results.get("lm")
     if lm:
-        glu = next((r for r in lm["rows"] if r["contender"] == "hyperglu"), None)
+        glu = next((r for r in lm["rows"] if r["mixer"] == "hyperglu"), None)
         add("LM training throughput HyperGLU >= 0.5x softmax (matched params)", glu["throughput_ratio"] if glu else None,
             args.d_model == 256 and args.dtype == "fp32" and args.lm_match != "none", lambda v: v >= 0.5)
     return out

@@ -7,8 +7,9 @@ processes (jobs.py) -> the best grid point per (setting, mixer, seed), the setti
 averaged, mean ± std over seeds (aggregate.py) -> report.md, results.json, loss_curves.png and
 scores.png (report.py). ``run_compare`` (run.py) strings them together.
 
-A mixer of the suite is a registered mixer (``hypermlp.registry``) or a named mixer: a
-registered one with arguments of its own, listed under ``variants:``.
+A mixer of the suite is a registered mixer (``hypermlp.registry``), a variant name of the paper's
+design study (``R-cg-q-12o``, ``hypermlp.variants``), or a named mixer: one of those with
+arguments of its own, listed under ``variants:``.
 
 Suite config (YAML, see configs/demo.yaml)::
 
@@ -19,7 +20,9 @@ Suite config (YAML, see configs/demo.yaml)::
     workers: 2
     threads_per_worker: 1
     model: {d_model: 64, n_layers: 2, mixer_args: {n_heads: 2}}
-    budget: {target: null, tol: 0.01}     # target: null = largest model, an int, or a mixer name
+    budget: {target: null, tol: 0.01}     # rule grow (default): target null = largest model, an int,
+                                          # or a mixer name; rule paper: {rule: paper, reference: S-pc}
+                                          # (default reference: the first softmax mixer); ! mixers unmatched
     tasks:
       - task: mad:in_context_recall       # mad:<name> | mqar | lm
         preset: quick                     # MAD: quick = baseline setting + MAD_QUICK protocol,

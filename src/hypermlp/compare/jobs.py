@@ -16,13 +16,15 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..models import ModelConfig
+from ..registry import get_mixer
 from ..tasks import build_task
 from ..train import TrainConfig, Trainer, TrainingError
 from .settings import TaskPlan
 from .suite import Suite
 
 # rough relative cost of a training step per registered mixer (the quadratic Hyper mixers are
-# dearer); only the order jobs start in depends on it
+# dearer; a variant name costs what its registered mixer does); only the order jobs start in
+# depends on it
 STEP_COST = {"softmax": 1.0, "relu": 1.3, "hypermlp": 1.8, "hyperglu": 2.4}
 UNKNOWN_STEP_COST = 2.0
 CURVE_POINTS = 400  # the loss curve kept per run is thinned to about this many points
@@ -86,7 +88,7 @@ def expand_jobs(suite: Suite, plans: List[TaskPlan]) -> List[Job]:
             for mixer, seed, lr, wd in itertools.product(suite.mixers, suite.seeds, entry.grid.lr, entry.grid.weight_decay):
                 train = {**entry.train, "lr": lr, "weight_decay": wd, "seed": seed,
                          "progress": False, "save_checkpoints": False, "device": suite.device}
-                step_cost = STEP_COST.get(suite.resolve(mixer).mixer, UNKNOWN_STEP_COST)
+                step_cost = STEP_COST.get(get_mixer(suite.resolve(mixer).mixer).base, UNKNOWN_STEP_COST)
                 jobs.append(Job(
                     id=len(jobs), label=entry.label, task=entry.task, data=s.data, setting=s.index, mixer=mixer,
                     seed=seed, model=s.models[mixer].to_dict(), train=train, cache_dir=suite.cache_dir,

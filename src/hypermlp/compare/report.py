@@ -44,6 +44,20 @@ def summary_table(suite: Suite, plans: List[TaskPlan], agg: Aggregate) -> str:
     return "\n".join(lines)
 
 
+def budget_rule_line(suite: Suite) -> str:
+    """One sentence on the budget rule the suite used."""
+    b = suite.budget
+    tol = b.get("tol", 0.01)
+    if b.get("rule") == "paper":
+        return (f"Rule `paper`: the reference `{b['reference']}` keeps its configuration; every other model "
+                f"is brought within {tol:.0%} of its count by shrinking its qk_rank (never past the width its "
+                "name gives), then moving its MLP width. Over-parameterised bounds (`!`) are left unmatched.")
+    target = b.get("target")
+    what = ("the largest model" if target is None else f"`{target}`" if isinstance(target, str) else f"{target:,} parameters")
+    return (f"Rule `grow`: every model within {tol:.0%} of {what}, qk_rank first, then the MLP width. "
+            "Over-parameterised bounds (`!`) are left unmatched.")
+
+
 def budgets_record(plans: List[TaskPlan]) -> Dict[str, dict]:
     """Budget table heading -> {"rows": match_budgets' rows}, every setting in order."""
     return {budget_key(p.entry, s): {"rows": s.budget_rows} for p in plans for s in p.settings}
@@ -79,6 +93,8 @@ def write_report(out_dir: str, suite: Suite, plans: List[TaskPlan], agg: Aggrega
         "Counts of the whole LanguageModel (embeddings included) after matching; `changed` says "
         "what budget matching adjusted. The compression task adds the same decoder head to every "
         "model (not counted here).",
+        "",
+        budget_rule_line(suite),
         "",
     ]
     for key, b in budgets_record(plans).items():

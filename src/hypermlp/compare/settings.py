@@ -95,7 +95,8 @@ def _model_config(suite: Suite, entry: TaskEntry, name: str, vocab_size: int, se
 
 
 def _budget_args(budget: dict, base: Dict[str, ModelConfig]) -> dict:
-    """match_budgets' keyword arguments; a mixer name as the target means that model's count."""
+    """match_budgets' keyword arguments (rule, reference, target, tol, ...); a mixer name as the
+    grow rule's target means that model's count."""
     args = dict(budget)
     if isinstance(args.get("target"), str):
         args["target"] = count_params(base[args["target"]])

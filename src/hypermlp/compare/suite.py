@@ -1,8 +1,10 @@
 """The compare suite: the YAML config checked into typed records, and the built-in default suite.
 
-A suite names the mixers to compare (registered mixers, or named mixers from the YAML
-``variants:`` section: a registered mixer with arguments of its own), the seeds, the model
-shared by every run, the budget rule and the task entries. ``load_suite`` raises a ConfigError
+A suite names the mixers to compare (registered mixers, variant names such as ``R-cg-q-12o``
+(``hypermlp.variants``), or named mixers from the YAML ``variants:`` section: one of those with
+arguments of its own), the seeds, the model shared by every run, the budget rule
+(``budget: {rule: grow | paper, reference, target, tol}``, ``hypermlp.budget``) and the task
+entries. ``load_suite`` raises a ConfigError
 naming the field at fault before anything runs.
 """
 
@@ -13,8 +15,9 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from ..budget import RULES, paper_reference
 from ..config import ConfigError
-from ..registry import MIXERS, mixer_names
+from ..registry import get_mixer, mixer_names
 from ..defaults import default_cache_dir, mad_protocol
 from ..tasks import parse_task_name, resolve_train
 from ..train import TrainConfig
@@ -34,14 +37,14 @@ DEFAULT_SUITE = {
 
 SUITE_KEYS = {"mixers", "variants", "seeds", "workers", "threads_per_worker", "model", "budget", "tasks", "cache_dir", "device"}
 TASK_KEYS = {"task", "label", "preset", "data", "train", "grid", "model"}
-BUDGET_KEYS = {"target", "tol", "qk_max_factor"}
+BUDGET_KEYS = {"rule", "reference", "target", "tol", "qk_max_factor"}
 GRID_KEYS = ("lr", "weight_decay")
 
 
 @dataclass(frozen=True)
 class NamedMixer:
-    """A mixer under its own name: the registered ``mixer`` with ``mixer_args`` of its own, e.g.
-    ``softmax_conv`` = softmax attention with the Hyper layers' causal conv."""
+    """A mixer under its own name: ``mixer`` (registered or a variant name) with ``mixer_args`` of
+    its own, e.g. ``softmax_conv`` = softmax attention with the Hyper layers' causal conv."""
 
     name: str
     mixer: str
@@ -87,14 +90,14 @@ class Suite:
     workers: int  # parallel training processes
     threads_per_worker: int
     model: Dict[str, Any]  # ModelConfig fields shared by every run (not mixer, vocab_size, max_len)
-    budget: Dict[str, Any]  # match_budgets arguments: target (None, an int or a mixer name), tol, ...
+    budget: Dict[str, Any]  # match_budgets arguments: rule, reference (paper), target (grow: None, an int or a mixer name), tol
     cache_dir: str
     device: str
     tasks: Tuple[TaskEntry, ...]
     named_mixers: Dict[str, NamedMixer]
 
     def resolve(self, name: str) -> NamedMixer:
-        """What a mixer name of the suite builds: its named mixer, or the registered one as is."""
+        """What a mixer name of the suite builds: its named mixer, or the registered (or variant) one as is."""
         return self.named_mixers.get(name) or NamedMixer(name, name, {})
 
     def to_dict(self) -> dict:
@@ -135,7 +138,7 @@ def load_suite(cfg: dict) -> Suite:
         workers=_int(cfg.get("workers") or 1, "workers"),
         threads_per_worker=_int(cfg.get("threads_per_worker") or max(1, torch.get_num_threads()), "threads_per_worker"),
         model=model,
-        budget=_budget(cfg.get("budget"), mixers),
+        budget=_budget(cfg.get("budget"), mixers, named),
         cache_dir=cfg.get("cache_dir") or default_cache_dir(),
         device=cfg.get("device") or "auto",
         tasks=tuple(entries),
@@ -148,10 +151,14 @@ def _named_mixers(variants) -> Dict[str, NamedMixer]:
         raise ConfigError(f"variants must map names to named mixers, got {variants!r}")
     named = {}
     for name, v in variants.items():
-        if (not isinstance(v, dict) or v.get("mixer") not in MIXERS or set(v) - {"mixer", "mixer_args"}
+        if (not isinstance(v, dict) or not isinstance(v.get("mixer"), str) or set(v) - {"mixer", "mixer_args"}
                 or not isinstance(v.get("mixer_args") or {}, dict)):
-            raise ConfigError(f"variants: {name!r} must be a mapping with 'mixer' (one of {sorted(MIXERS)}) "
-                              "and optional 'mixer_args'")
+            raise ConfigError(f"variants: {name!r} must be a mapping with 'mixer' (one of {mixer_names()} or a "
+                              "variant name such as R-cg-q-12o) and optional 'mixer_args'")
+        try:
+            get_mixer(v["mixer"])
+        except ConfigError as e:
+            raise ConfigError(f"variants: {name!r}: {e}") from None
         named[name] = NamedMixer(name, v["mixer"], dict(v.get("mixer_args") or {}))
     return named
 
@@ -160,8 +167,14 @@ def _mixer_list(mixers, named: Dict[str, NamedMixer]) -> Tuple[str, ...]:
     if not isinstance(mixers, list):
         raise ConfigError(f"mixers must be a list of mixer names, got {mixers!r}")
     for m in mixers:
-        if not isinstance(m, str) or (m not in MIXERS and m not in named):
-            raise ConfigError(f"unknown mixer {m!r}; choose from {sorted(MIXERS)} or a name under 'variants'")
+        if not isinstance(m, str):
+            raise ConfigError(f"mixers: {m!r} is not a mixer name")
+        if m in named:
+            continue
+        try:
+            get_mixer(m)  # registered or a variant name; a bad letter is named
+        except ConfigError as e:
+            raise ConfigError(f"mixers: {e} (or a name under 'variants')") from None
     if len(set(mixers)) != len(mixers):
         raise ConfigError(f"mixers {mixers} repeat a name")
     return tuple(mixers)
@@ -198,15 +211,51 @@ def _task_entry(t) -> TaskEntry:
     )
 
 
-def _budget(budget, mixers: Tuple[str, ...]) -> Dict[str, Any]:
+def _budget(budget, mixers: Tuple[str, ...], named: Dict[str, NamedMixer]) -> Dict[str, Any]:
+    """The budget section checked. Rule grow (the default) is kept as given; rule paper gets its
+    reference filled in (the first softmax mixer when not named)."""
     budget = _mapping(budget, "budget")
     bad = sorted(set(budget) - BUDGET_KEYS)
     if bad:
         raise ConfigError(f"unknown budget setting(s) {bad}; known: {', '.join(sorted(BUDGET_KEYS))}")
-    target = budget.get("target")
-    if isinstance(target, str) and target not in mixers:  # a mixer name: everyone matches that model
-        raise ConfigError(f"budget target {target!r} is not one of the mixers {sorted(mixers)}")
-    return budget
+    rule = budget.get("rule", "grow")
+    if rule not in RULES:
+        raise ConfigError(f"budget.rule must be one of {', '.join(RULES)}, got {rule!r}")
+
+    def base(m: str) -> str:
+        return named[m].mixer if m in named else m
+
+    def bound(m: str) -> bool:
+        return get_mixer(base(m)).overparameterised
+
+    if rule == "grow":
+        if "reference" in budget:
+            raise ConfigError("budget.reference applies to rule paper only; with rule grow set budget.target "
+                              "(null, a count or a mixer name) or add rule: paper")
+        target = budget.get("target")
+        if isinstance(target, str):  # a mixer name: everyone matches that model
+            if target not in mixers:
+                raise ConfigError(f"budget target {target!r} is not one of the mixers {sorted(mixers)}")
+            if bound(target):
+                raise ConfigError(f"budget target {target!r} is an over-parameterised bound (!), never matched; "
+                                  "pick a matched mixer")
+        return budget
+    for key in ("target", "qk_max_factor"):
+        if key in budget:
+            raise ConfigError(f"budget.{key} does not apply to rule paper (the reference's count is the target "
+                              "and qk_rank only shrinks); remove it or use rule grow")
+    reference = budget.get("reference")
+    if reference is None:
+        reference = paper_reference({m: [base(m)] for m in mixers})
+        if reference is None:
+            raise ConfigError(f"budget.rule paper needs a reference and no mixer is softmax attention "
+                              f"({list(mixers)}); set budget.reference")
+    elif reference not in mixers:
+        raise ConfigError(f"budget.reference {reference!r} is not one of the mixers {list(mixers)}")
+    elif bound(reference):
+        raise ConfigError(f"budget.reference {reference!r} is an over-parameterised bound (!), never matched; "
+                          "pick a matched mixer")
+    return {**budget, "rule": "paper", "reference": reference}
 
 
 def _mapping(value, what: str) -> Dict[str, Any]:
