@@ -1,13 +1,9 @@
 """Layer factories and inputs shared by the layer tests."""
 
-import copy
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-from hypermlp import ConfigError, HyperGLU, HyperMLP, ReLUAttention, SoftmaxAttention
+from hypermlp import HyperGLU, HyperMLP, ReLUAttention, SoftmaxAttention
 
 D = 16
 SWITCHES = [  # several combinations of the spec's switches

@@ -3,10 +3,13 @@ positions, head splitting."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # annotation only: the cache module does not need these pieces
+    from .cache import LayerCache
 
 
 def check_input(
