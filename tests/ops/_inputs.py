@@ -29,6 +29,19 @@ class Inputs(NamedTuple):
                 out += [(f"{name}{i}", t) for name, t in zip(Tables._fields, mix)]
         return [(n, t) for n, t in out if t is not None]
 
+    def map(self, fn) -> "Inputs":
+        """The same inputs with ``fn`` applied to every tensor but ``key_valid``, as fresh leaves
+        that require grad (e.g. ``inputs.map(lambda x: x.to(torch.float16))``)."""
+
+        def leaf(x):
+            return None if x is None else fn(x.detach()).detach().requires_grad_()
+
+        def tables(mix):
+            return None if mix is None else Tables(*(leaf(t) for t in mix))
+
+        return Inputs(leaf(self.q), leaf(self.k), leaf(self.v), leaf(self.s1), leaf(self.s2),
+                      tables(self.mix1), tables(self.mix2), self.key_valid)
+
     def call(self, fn, **kw) -> torch.Tensor:
         return fn(self.q, self.k, self.v, self.s1, self.s2, self.mix1, self.mix2, key_valid=self.key_valid, **kw)
 

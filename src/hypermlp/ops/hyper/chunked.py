@@ -25,6 +25,10 @@ raw readout, 1/rho and z A of each mixing (all linear in T). The backward recomp
 a time and applies a hand-derived gradient of every step (README.md, "The backward"): nothing of
 size T^2 is stored and autograd never sees a block.
 
+Precision (``precision.py``, README.md "Precision"): float16 / bfloat16 inputs are cast to float32
+once per call (``_prepare``), everything above runs in float32, and the output and the gradients
+are cast back to the inputs' dtypes; float32 and float64 run as they are.
+
 The readable twin is ``reference.hyper_core_reference``; tests/ops/test_hyper_chunked.py checks
 outputs and every gradient against it in float64 and runs ``gradcheck`` on this backward.
 Shapes: ``b`` batch, ``Hq`` score heads, ``H`` readout heads, ``heads`` either, ``T`` queries,
@@ -53,6 +57,7 @@ from .layout import (
     zero_future_keys,
     zero_future_lags,
 )
+from .precision import autocast_off, compute_dtype
 from .reference import Tables
 
 Tensor = torch.Tensor
@@ -120,8 +125,9 @@ class Mixing(NamedTuple):
 
 
 class Operands(NamedTuple):
-    """One call's inputs made ready for the blocks: head-major copies in the queries' dtype (under
-    autocast the tables arrive in float32, the projections in bf16)."""
+    """One call's inputs made ready for the blocks: head-major copies in the compute dtype of the
+    queries' dtype (``precision.compute_dtype``: float32 for half inputs; under autocast the
+    tables arrive in float32, the projections in half)."""
 
     q: Tensor  # (Hq, b, T, dk)
     k_pad: Tensor  # (Hq, b, pad+S, dk): the keys behind ``Settings.pad`` zero rows
@@ -149,8 +155,8 @@ def _mixing(tables: Optional[Tables], gate: Optional[Tensor], total: int, dtype)
 
 
 def _prepare(args: CoreArgs, key_valid: Optional[Tensor], st: Settings) -> Operands:
-    """Public (b, heads, ., .) inputs -> ``Operands`` (one copy of each)."""
-    dtype, total = args.q.dtype, args.k.shape[2]
+    """Public (b, heads, ., .) inputs -> ``Operands`` (one copy of each, in the compute dtype)."""
+    dtype, total = compute_dtype(args.q.dtype), args.k.shape[2]
     return Operands(
         q=args.q.transpose(0, 1).to(dtype).contiguous(),
         k_pad=pad_rows(args.k.transpose(0, 1), st.pad, dtype),
@@ -629,10 +635,15 @@ class _HyperChunked(torch.autograd.Function):
         ctx.settings, ctx.key_valid = st, key_valid
         ctx.specs = CoreArgs.from_flat([None if x is None else (x.shape, x.dtype) for x in flat])
         ctx.save_for_backward(*_saved(ops, fwd))
-        return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1)
+        return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1).to(flat[0].dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        with autocast_off(grad_out.device):
+            return _HyperChunked._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         st = ctx.settings
         saved = _Saved(*ctx.saved_tensors)
         ops = _operands_from(saved, ctx.key_valid, st)
@@ -668,7 +679,7 @@ def hyper_core_chunked(
     """The Hyper core in query blocks of ``chunk_size``, with a hand-derived backward: same
     arguments and result (b, H, T, dv) as ``hyper_core_reference``. Any T, offset and layout
     (T = 1 included; ``hyper_core`` sends one no-grad query at the end of the keys to the decode
-    step instead)."""
+    step instead). float16 / bfloat16 inputs are computed in float32 (module docstring)."""
     check_layout(layout)
     args = CoreArgs(
         q, k, v,
@@ -679,8 +690,9 @@ def hyper_core_chunked(
     )
     st = Settings(glu=glu, layout=layout, offset=offset, eps=eps, chunk=max(1, int(chunk_size)))
     flat = args.flat()
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in flat):
-        return _HyperChunked.apply(st, key_valid, *flat)
-    with torch.no_grad():
-        fwd = _forward(_prepare(args, key_valid, st), st, keep_u=False)
-        return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1)
+    with autocast_off(q.device):
+        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in flat):
+            return _HyperChunked.apply(st, key_valid, *flat)
+        with torch.no_grad():
+            fwd = _forward(_prepare(args, key_valid, st), st, keep_u=False)
+            return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1).to(q.dtype)

@@ -7,6 +7,9 @@ the cached keys or values), mixes them against the tables as they are (row = lag
 copies), and reverses them back for the readout. Both layouts use table rows 0..S-1 here: for
 the left layout the query is the last position of its sequence (``layout.table_rows``).
 
+float16 / bfloat16 inputs (a half-precision cache) are computed in float32 (``precision.py``):
+the step reads q, k and v through one float32 copy and casts its output back.
+
 The readable twin is ``reference.hyper_core_reference`` with T = 1, offset = S-1;
 tests/ops/test_hyper_decode.py checks the two against each other. No autograd: ``hyper_core``
 sends only no-grad calls here.
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import check_layout
+from .precision import autocast_off, compute_dtype
 from .reference import Tables
 
 
@@ -27,8 +31,8 @@ def _mix(z: torch.Tensor, tables: Tables, gate: torch.Tensor) -> torch.Tensor:
     """DPLR mixing of one query's scores, lag order (newest first): z (heads, b, n), gate
     (b, heads, 1, r) -> z + z * p + ((z A) * s) B^T (heads, b, n).
 
-    The tables are sliced to rows 0..n-1 and cast to z's dtype: under autocast they arrive in
-    float32 while the scores are bf16, and autocast does not cast for the in-place ops below."""
+    The tables and the gate are sliced to rows 0..n-1 and cast to z's dtype (the compute dtype;
+    under autocast the tables arrive in float32 and the gates in half)."""
     n = z.shape[-1]
     A, B, p = (t[:, :n].to(z.dtype) for t in tables)  # (heads, n, r), (heads, n, r), (heads, n)
     us = torch.bmm(z, A).mul_(gate[:, :, 0].transpose(0, 1).to(z.dtype))  # (heads, b, r)
@@ -59,7 +63,9 @@ def hyper_core_decode(
     h, s = v.shape[1], k.shape[2]
     if q.shape[2] != 1 or (offset is not None and offset != s - 1):
         raise ValueError(f"decode takes one query at position S-1 = {s - 1}, got T = {q.shape[2]}, offset = {offset}")
-    with torch.no_grad():
+    out_dtype, dtype = q.dtype, compute_dtype(q.dtype)
+    with torch.no_grad(), autocast_off(q.device):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         z = torch.matmul(q, k.transpose(-1, -2))[:, :, 0].transpose(0, 1).flip(-1)  # (Hq, b, S), lag order
         valid = None if key_valid is None else key_valid[:, :s].flip(-1).to(z.dtype)  # (b, S), lag order
         if valid is not None:
@@ -80,4 +86,4 @@ def hyper_core_decode(
             a = _mix(a, mix2, s2)
             if valid is not None:
                 a.mul_(valid)
-        return torch.matmul(a.flip(-1).transpose(0, 1)[:, :, None, :], v)  # (b, H, 1, dv)
+        return torch.matmul(a.flip(-1).transpose(0, 1)[:, :, None, :], v).to(out_dtype)  # (b, H, 1, dv)

@@ -13,7 +13,9 @@ for HyperMLP; ``L`` table rows, ``r`` the rank of a mixing):
     s2: (b, H, T, r) or None    input-conditioned gate of R(2)
     mix1 / mix2: ``Tables`` (or a plain (A, B, p) tuple) of R(1) / R(2), or None (identity)
     key_valid: (b, S) bool or None (False = padding: the key takes no part in any output)
-Returns the per-head readout (b, H, T, dv), already normalised by rho.
+Returns the per-head readout (b, H, T, dv), already normalised by rho, in q's dtype.
+
+float16 / bfloat16 inputs are computed in float32 (``precision.py``), like the fast paths.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import check_layout, table_rows
+from .precision import autocast_off, compute_dtype
 
 
 class Tables(NamedTuple):
@@ -62,6 +65,15 @@ def hyper_core_reference(
     ``layout`` "lag" (the paper's) or "left" (ablation: tables indexed from the end of the
     sequence, see ``layout.table_rows``); ``eps`` inside rho = sqrt(|z|^2 + eps)."""
     check_layout(layout)
+    out_dtype, dtype = q.dtype, compute_dtype(q.dtype)
+    with autocast_off(q.device):
+        q, k, v, s1, s2 = (None if x is None else x.to(dtype) for x in (q, k, v, s1, s2))
+        mix1, mix2 = (None if m is None else Tables(*(t.to(dtype) for t in m)) for m in (mix1, mix2))
+        return _reference(q, k, v, s1, s2, mix1, mix2, glu, layout, offset, eps, key_valid).to(out_dtype)
+
+
+def _reference(q, k, v, s1, s2, mix1, mix2, glu, layout, offset, eps, key_valid) -> torch.Tensor:
+    """The loop of ``hyper_core_reference``, every input already in the compute dtype."""
     batch, _, n_queries, _ = q.shape
     n_heads = v.shape[1]
     total_len = k.shape[2]
