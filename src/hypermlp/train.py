@@ -14,6 +14,11 @@ files), so it never asks what kind of task or model it has.
   the world size, which DDP's gradient averaging divides out again), so N processes compute the
   gradient of exactly the same global mean as one process.
 * Metrics: one JSON line per training step (and per evaluation) in ``out_dir/metrics.jsonl``.
+  Every evaluation record also says what the training has cost so far, across resumes:
+  ``train_tokens`` (input tokens of the training batches), ``train_wall_s`` (wall time of
+  ``fit``, evaluations and checkpoints included), ``train_step_s`` (time in training steps),
+  ``train_tokens_per_s`` (tokens / step time) and ``train_flops`` (``hypermlp.flops``).
+* Selection: early stopping reads a validation metric (``val_*``); a test metric is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, sav
 from .config import ConfigError
 from .data.common import IGNORE_INDEX
 from .defaults import TRAIN
+from .flops import dense_params, forward_flops_per_token
 from .models import ModelConfig
 
 __all__ = [
@@ -84,6 +90,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
+        if d.get("early_stop_metric") in _OLD_METRIC_NAMES:  # run.yaml files written before val_*
+            d["early_stop_metric"] = _OLD_METRIC_NAMES[d["early_stop_metric"]]
         for name in _FLOAT_FIELDS:  # YAML 1.1 reads "1e-3" as a string
             if isinstance(d.get(name), str):
                 try:
@@ -113,10 +121,18 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not isinstance(self.early_stop_metric, str) or not self.early_stop_metric.startswith("val_"):
+            raise ConfigError(f"early_stop_metric must be a validation metric (val_acc, val_loss, ...), "
+                              f"got {self.early_stop_metric!r}: early stopping never reads the test split")
         return self
 
 
 _FLOAT_FIELDS = ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "early_stop_at")
+# early_stop_metric names of run.yaml files written when the test metrics were called acc and
+# macro_acc (and early stopping read them): today the same metric on the validation split
+_OLD_METRIC_NAMES = {"acc": "val_acc", "macro_acc": "val_macro_acc"}
+# metrics where lower is better: early stopping waits for them to fall to early_stop_at
+_LOWER_IS_BETTER = ("loss", "bpb")
 
 
 class CosineSchedule:
@@ -211,6 +227,11 @@ class Trainer:
         self.evals = []  # eval records so far
         self.stopped_early = False
         self.last_checkpoint = None
+        # what training has cost so far (carried across resumes)
+        self.tokens_seen, self.wall_s, self.step_s = 0, 0.0, 0.0
+        self._fit_start, self._wall_before = None, 0.0  # set while fit() runs
+        # estimated training FLOPs per token: 3 x forward (hypermlp.flops.training_flops)
+        self._flops_per_token = 3.0 * forward_flops_per_token(model_cfg, task.seq_len, dense_params(self.model))
         if resume:
             self._resume()
         else:
@@ -273,6 +294,9 @@ class Trainer:
         self.step = int(state["step"])
         self.evals = list(state["evals"])
         self.stopped_early = bool(state["stopped_early"])
+        cost = state.get("cost") or {}  # absent in checkpoints written before it was recorded
+        self.tokens_seen = int(cost.get("tokens", self.step * self.cfg.batch_size * self.task.seq_len))
+        self.wall_s, self.step_s = float(cost.get("wall_s", 0.0)), float(cost.get("step_s", 0.0))
         self.last_checkpoint = ckpt
         if self.rank == 0 and os.path.exists(self._metrics_path):
             # drop what the interrupted run logged after its last checkpoint
@@ -350,11 +374,15 @@ class Trainer:
         )
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, desc=self.task.name, dynamic_ncols=True)
         start, tokens_done = time.perf_counter(), 0
+        self._fit_start, self._wall_before = start, self.wall_s
         losses = []
         try:
             while self.step < self.total_steps and not self.stopped_early:
+                t0 = time.perf_counter()
                 rec = self.train_step()
+                self.step_s += time.perf_counter() - t0
                 tokens_done += rec["tokens"]
+                self.tokens_seen += rec["tokens"]
                 elapsed = time.perf_counter() - start
                 rec.update(type="train", elapsed_s=round(elapsed, 3), tokens_per_s=round(tokens_done / max(elapsed, 1e-9), 1))
                 self._log(rec)
@@ -364,25 +392,58 @@ class Trainer:
 
                 last = self.step == self.total_steps
                 if self._eval_due() or last:
-                    ev = self.evaluate()
-                    if cfg.early_stop_at is not None and ev.get(cfg.early_stop_metric, -math.inf) >= cfg.early_stop_at:
+                    ev = self.evaluate(final=last)
+                    if self._reached_early_stop(ev):
                         self.stopped_early = not last
+                        if self.stopped_early and self.task.final_eval_differs:
+                            self.evaluate(final=True)  # the run ends here: its final evaluation
                         last = True
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or self.stopped_early:
                     self.save_checkpoint()
         finally:
             bar.close()
         if not self.evals or self.evals[-1]["step"] != self.step:
-            self.evaluate()  # e.g. resumed a finished run
+            self.evaluate(final=True)  # e.g. resumed a finished run
+        self._update_wall()
+        final = self.evals[-1]
         return {
             "step": self.step,
-            "final": self.evals[-1],
+            "final": final,
             "evals": self.evals,
             "train_loss": losses,
             "stopped_early": self.stopped_early,
             "checkpoint": self.last_checkpoint,
-            "wall_s": time.perf_counter() - start,
+            "wall_s": time.perf_counter() - start,  # of this call
+            "cost": self.cost(),  # of the whole run, across resumes
         }
+
+    def _update_wall(self) -> None:
+        if self._fit_start is not None:
+            self.wall_s = self._wall_before + (time.perf_counter() - self._fit_start)
+
+    def cost(self) -> dict:
+        """What training has cost so far, across resumes: tokens, seconds, estimated FLOPs."""
+        self._update_wall()
+        return {
+            "train_tokens": self.tokens_seen,
+            "train_wall_s": round(self.wall_s, 3),
+            "train_step_s": round(self.step_s, 3),
+            "train_tokens_per_s": round(self.tokens_seen / self.step_s, 1) if self.step_s > 0 else None,
+            "train_flops": self._flops_per_token * self.tokens_seen,
+        }
+
+    def _reached_early_stop(self, record: dict) -> bool:
+        cfg = self.cfg
+        if cfg.early_stop_at is None:
+            return False
+        if cfg.early_stop_metric not in record:
+            have = sorted(k for k in record if k.startswith("val_"))
+            raise ConfigError(f"early_stop_metric={cfg.early_stop_metric!r} is not a metric of task "
+                              f"{self.task.name} (its validation metrics: {have})")
+        value = record[cfg.early_stop_metric]
+        if cfg.early_stop_metric.endswith(_LOWER_IS_BETTER):
+            return value <= cfg.early_stop_at
+        return value >= cfg.early_stop_at
 
     # -- evaluate --------------------------------------------------------------------------------
     def _eval_due(self) -> bool:
@@ -391,10 +452,12 @@ class Trainer:
         return bool(self.cfg.eval_each_epoch and self.steps_per_epoch and self.step % self.steps_per_epoch == 0)
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict:
+        """Evaluate the model (``final``: the run's last evaluation, which may score more; see
+        ``Task.evaluate``), log the record and return it."""
         with self._autocast():
-            metrics = self.task.evaluate(self.model)
-        record = {"type": "eval", "step": self.step, **metrics}
+            metrics = self.task.evaluate(self.model, final=final)
+        record = {"type": "eval", "step": self.step, **metrics, **self.cost()}
         if self.steps_per_epoch:
             record["epoch"] = self.step / self.steps_per_epoch
         self.evals.append(record)
@@ -412,6 +475,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "evals": self.evals,
             "stopped_early": self.stopped_early,
+            "cost": {"tokens": self.tokens_seen, "wall_s": self.cost()["train_wall_s"], "step_s": self.step_s},
             "train_config": asdict(self.cfg),
             "task": self.task.name,
         }

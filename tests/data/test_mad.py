@@ -374,3 +374,64 @@ def test_cache_roundtrip(tmp_path):
     # cache disabled
     cached(counting, None, **s)
     assert len(calls) == 4
+
+
+# sha256 (first 16 hex digits) of the train and the test arrays, recorded before the validation
+# split existed (seed 3, num_train=64, num_test=32; selective copying at seq_len 64): adding the
+# validation stream must leave them bit for bit as they were
+ARRAYS_BEFORE_VALIDATION = {
+    "compression": ("7bca3f0f7e183c5e", "0466455be1dda128"),
+    "fuzzy_in_context_recall": ("2958599c936f8ccf", "c568563950a333f0"),
+    "in_context_recall": ("37f5efaa997365df", "e83d090112fc6e1f"),
+    "memorization": ("c2e79683a25164cf", "674f7d9a4dd8d7b1"),
+    "noisy_in_context_recall": ("e2e2b350960ed67a", "780306eb68c9e110"),
+    "selective_copying": ("27ef8341fc73fdc1", "7d27ace128c7c2de"),
+    "mqar": ("1d83346fae6c7ea9", "6f9ea24dd4704fee"),
+}
+
+
+def _digest(*tensors):
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("task", sorted(ARRAYS_BEFORE_VALIDATION))
+def test_validation_split_is_held_apart_and_train_test_are_unchanged(task):
+    from hypermlp.data import make_task
+
+    if task == "mqar":
+        kw = dict(seq_len=64, num_pairs=4, vocab_size=256)
+    else:
+        kw = dict(seq_len=64) if task == "selective_copying" else {}
+    d = make_task(task, None, seed=3, num_train=64, num_test=32, **kw)
+    assert (_digest(d.train_inputs, d.train_targets), _digest(d.test_inputs, d.test_targets)) == \
+        ARRAYS_BEFORE_VALIDATION[task]
+    # as many validation sequences as test ones by default, scored like the test split
+    assert d.num_val == d.settings["num_val"] == 32 and d.val_inputs.shape == d.test_inputs.shape
+    assert ((d.val_targets != IGNORE_INDEX).sum(1) > 0).all()
+    again = make_task(task, None, seed=3, num_train=64, num_test=32, **kw)
+    assert torch.equal(again.val_inputs, d.val_inputs) and torch.equal(again.val_targets, d.val_targets)
+    # disjoint: no validation sequence is a training or a test sequence
+    val = _rows(d.val_inputs)
+    assert not val & _rows(d.train_inputs) and not val & _rows(d.test_inputs)
+    # its own size, its own stream: a bigger validation split leaves train and test alone
+    big = make_task(task, None, seed=3, num_train=64, num_test=32, num_val=80, **kw)
+    assert big.num_val == 80
+    assert torch.equal(big.train_inputs, d.train_inputs) and torch.equal(big.test_targets, d.test_targets)
+    with pytest.raises(ValueError, match="num_val"):
+        make_task(task, None, seed=3, num_train=64, num_test=32, num_val=0, **kw)
+
+
+def test_the_cache_key_includes_the_validation_size(tmp_path):
+    from hypermlp.data import make_task
+
+    a = make_task("in_context_recall", tmp_path, vocab_size=16, seq_len=32, num_train=32, num_test=16, num_val=8, seed=0)
+    b = make_task("in_context_recall", tmp_path, vocab_size=16, seq_len=32, num_train=32, num_test=16, num_val=12, seed=0)
+    assert (a.num_val, b.num_val) == (8, 12) and len(os.listdir(tmp_path)) == 2
+    again = make_task("in_context_recall", tmp_path, vocab_size=16, seq_len=32, num_train=32, num_test=16, num_val=8,
+                      seed=0)
+    assert torch.equal(again.val_inputs, a.val_inputs) and torch.equal(again.val_targets, a.val_targets)

@@ -26,7 +26,7 @@ def test_shapes_and_ranges():
     for t in (d.train_inputs, d.train_targets, d.test_inputs, d.test_targets):
         assert t.dtype == torch.long
     assert int(d.train_inputs.min()) >= 0 and int(d.train_inputs.max()) < V
-    assert d.settings == dict(seq_len=64, num_pairs=4, vocab_size=V, num_train=256, num_test=64,
+    assert d.settings == dict(seq_len=64, num_pairs=4, vocab_size=V, num_train=256, num_test=64, num_val=64,
                               power_a=0.01, seed=0)
 
 

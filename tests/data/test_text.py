@@ -214,13 +214,27 @@ def test_get_batch_shapes_and_determinism():
         get_batch(torch.arange(5), 2, 10)
 
 
-def test_eval_windows():
-    ids = torch.arange(105)
+def test_eval_windows_cover_the_whole_split_or_spread_a_sample_over_it():
+    ids = torch.arange(105)  # 104 targets: 10 full windows of 10 and 4 left over
     x, y = eval_windows(ids, 10)
-    assert x.shape == y.shape == (10, 10)
-    assert torch.equal(x.reshape(-1), ids[:100])
+    assert x.shape == y.shape == (11, 10)
+    assert torch.equal(x[:10].reshape(-1), ids[:100]) and torch.equal(y[:10], x[:10] + 1)
+    # the tail window ends at the end of the split and scores only the 4 targets not yet scored
+    assert torch.equal(x[10], ids[94:104]) and y[10, :6].eq(-100).all() and torch.equal(y[10, 6:], ids[101:])
+    scored = y[y != -100]
+    assert torch.equal(scored.sort().values, ids[1:])  # every target once: len(ids) - 1
+    # a split that fills its windows exactly has no tail window
+    x, y = eval_windows(torch.arange(101), 10)
+    assert x.shape == (10, 10) and int((y != -100).sum()) == 100
+    # a sample: full windows spread evenly from the start to the end, not the first ones
+    x, y = eval_windows(ids, 10, max_windows=3)
+    assert x.shape == (3, 10) and [int(r[0]) for r in x] == [10, 50, 80]
     assert torch.equal(y, x + 1)
-    x2, _ = eval_windows(ids, 10, max_windows=3)
-    assert x2.shape == (3, 10) and torch.equal(x2, x[:3])
-    c_ids = torch.arange(101)
-    assert eval_windows(c_ids, 10)[0].shape == (10, 10)
+    x, y = eval_windows(torch.arange(10_001), 10, max_windows=4)  # 1000 windows
+    assert [int(r[0]) for r in x] == [1250, 3750, 6250, 8750]
+    # asking for as many windows as the whole split takes (or more) gives the whole split
+    assert eval_windows(ids, 10, max_windows=11)[0].shape == (11, 10)
+    assert eval_windows(ids, 10, max_windows=500)[0].shape == (11, 10)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_windows"):
+            eval_windows(ids, 10, max_windows=bad)

@@ -77,7 +77,7 @@ def test_the_trainer_trains_checkpoints_and_resumes_any_model_through_the_contra
     cfg = TrainConfig(steps=8, batch_size=16, lr=3e-3, ckpt_every=4, device="cpu")
     straight = Trainer(tiny_cfg(), scaled_task(), cfg, out_dir=str(tmp_path / "a"))
     straight.fit()
-    assert straight.task.calls["loss"] == 8 + 1 and straight.task.calls["save"] == 2  # 8 steps, 1 eval batch
+    assert straight.task.calls["loss"] == 8 + 2 and straight.task.calls["save"] == 2  # 8 steps, 1 val + 1 test batch
     ckpt = latest_checkpoint(str(tmp_path / "a"))
     assert sorted(os.listdir(ckpt)) == ["config.json", "model.safetensors", "scale.json", "trainer_state.pt"]
     assert float(json.load(open(os.path.join(ckpt, "scale.json")))) == straight.model.scale.item()

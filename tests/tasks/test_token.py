@@ -34,3 +34,38 @@ def test_compression_task_encoder_decoder_and_checkpoint(tmp_path):
         assert torch.equal(again.model(x), out)
     assert LanguageModel.load(latest_checkpoint(str(tmp_path))).config == cfg
     assert "decoder.safetensors" in os.listdir(latest_checkpoint(str(tmp_path)))  # the head, beside the encoder
+
+
+def test_corrupting_the_test_labels_changes_no_validation_metric_and_no_choice():
+    """Selection (early stopping, the best grid point) reads validation only: scramble every
+    test label and the runs, their validation metrics and the chosen grid point stay the same."""
+    import dataclasses
+
+    from hypermlp.data import IGNORE_INDEX, make_task
+    from hypermlp.tasks import TokenTask
+
+    data = make_task("in_context_recall", vocab_size=16, seq_len=32, num_train=256, num_test=64, num_val=64, seed=0)
+    scored = data.test_targets != IGNORE_INDEX
+    bad = data.test_targets.clone()
+    bad[scored] = (bad[scored] + 1 + torch.randint(0, 15, (int(scored.sum()),), generator=torch.Generator().manual_seed(0))) % 16
+    assert (bad[scored] != data.test_targets[scored]).all()  # every test label is now wrong
+    corrupt = dataclasses.replace(data, test_targets=bad)
+
+    def grid(d):
+        out = {}
+        for lr in (1e-3, 3e-3):
+            cfg = TrainConfig(epochs=4, batch_size=32, lr=lr, eval_each_epoch=True, early_stop_at=0.215,
+                              device="cpu", progress=False)
+            out[lr] = Trainer(tiny_cfg(), TokenTask(d), cfg).fit()
+        return out
+
+    clean, dirty = grid(data), grid(corrupt)
+    pick = lambda runs: max(runs, key=lambda lr: runs[lr]["final"]["val_acc"])  # noqa: E731
+    assert pick(clean) == pick(dirty)
+    for lr in clean:
+        a, b = clean[lr], dirty[lr]
+        assert a["train_loss"] == b["train_loss"] and a["step"] == b["step"] and a["stopped_early"] == b["stopped_early"]
+        val = lambda r: [{k: v for k, v in e.items() if k.startswith("val_")} for e in r["evals"]]  # noqa: E731
+        assert val(a) == val(b)
+        assert a["final"]["test_acc"] != b["final"]["test_acc"]  # the test metrics did see the change
+    assert any(r["stopped_early"] for r in clean.values())  # early stopping took part (lr 1e-3: step 24 of 32)

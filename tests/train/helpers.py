@@ -17,3 +17,11 @@ def tiny_cfg(mixer="hyperglu", vocab=16, max_len=32):
 
 def train_losses(path):
     return [(r["step"], r["loss"]) for r in read_metrics(path) if r["type"] == "train"]
+
+
+TIMINGS = ("train_wall_s", "train_step_s", "train_tokens_per_s")  # the clock's, not the run's
+
+
+def eval_records(path):
+    """The eval records of a metrics.jsonl, without the wall-clock timings (which no rerun repeats)."""
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(path) if r["type"] == "eval"]

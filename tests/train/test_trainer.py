@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
+from hypermlp.config import ConfigError
 from hypermlp.models import LanguageModel
 from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint, read_metrics
 
-from .helpers import recall_task, tiny_cfg, train_losses
+from .helpers import eval_records, recall_task, tiny_cfg, train_losses
 
 
 class Interrupt(Exception):
@@ -64,8 +65,9 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     a, b = train_losses(tmp_path / "a" / "metrics.jsonl"), train_losses(tmp_path / "b" / "metrics.jsonl")
     assert [s for s, _ in a] == list(range(1, 21))
     assert a == b  # bit for bit, steps 1..20
-    evals = lambda p: [{k: v for k, v in r.items()} for r in read_metrics(p) if r["type"] == "eval"]  # noqa: E731
-    assert evals(tmp_path / "a" / "metrics.jsonl") == evals(tmp_path / "b" / "metrics.jsonl")
+    ea, eb = eval_records(tmp_path / "a" / "metrics.jsonl"), eval_records(tmp_path / "b" / "metrics.jsonl")
+    assert ea == eb  # the metrics, and the tokens and FLOPs so far (carried across the resume)
+    assert [r["train_tokens"] for r in ea] == [10 * 16 * 32, 20 * 16 * 32]
     for (n1, p1), (n2, p2) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2), n1
 
@@ -120,3 +122,38 @@ def test_ddp_two_processes_match_one(tmp_path):
     wb = LanguageModel.load(latest_checkpoint(str(tmp_path / "two"))).state_dict()
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+
+
+class ScriptedTask:
+    """A real task whose evaluation reports scripted validation and test accuracies per call."""
+
+    def __init__(self, task, val, test):
+        self._task, self._val, self._test, self.calls = task, val, test, 0
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def evaluate(self, model, final=False):
+        i = min(self.calls, len(self._val) - 1)
+        self.calls += 1
+        return {"val_acc": self._val[i], "test_acc": self._test[i], "acc": self._test[i]}
+
+
+def test_early_stopping_reads_the_validation_split_never_the_test_split():
+    cfg = dict(epochs=6, batch_size=64, eval_each_epoch=True, early_stop_at=0.999, device="cpu", progress=False)
+    # the test split reaches the threshold first: training goes on
+    task = ScriptedTask(recall_task(), val=[0.2, 0.5, 0.7, 1.0], test=[1.0, 1.0, 1.0, 1.0])
+    res = Trainer(tiny_cfg(), task, TrainConfig(**cfg)).fit()
+    assert res["stopped_early"] and [r["step"] for r in res["evals"]] == [4, 8, 12, 16]  # 4 steps per epoch
+    # validation reaches it while test never does: it stops all the same
+    task = ScriptedTask(recall_task(), val=[1.0], test=[0.0])
+    res = Trainer(tiny_cfg(), task, TrainConfig(**cfg)).fit()
+    assert res["stopped_early"] and res["step"] == 4
+    # a test metric (or its old name) cannot drive early stopping; old run.yaml names mean validation
+    for bad in ("test_acc", "acc"):
+        with pytest.raises(ConfigError, match="validation metric"):
+            TrainConfig(**cfg, early_stop_metric=bad).validate()
+    assert TrainConfig.from_dict({**cfg, "early_stop_metric": "acc"}).early_stop_metric == "val_acc"
+    assert TrainConfig().early_stop_metric == "val_acc"
+    with pytest.raises(ConfigError, match="val_nonsense.*val_acc"):
+        Trainer(tiny_cfg(), recall_task(), TrainConfig(**cfg, early_stop_metric="val_nonsense")).fit()

@@ -7,9 +7,13 @@ Conventions used by every task generator in :mod:`hypermlp.data`:
 * ``IGNORE_INDEX`` (-100) marks a position that is not trained on (in the
   ``train_targets``) or not scored (in the ``test_targets``); it matches the
   default ``ignore_index`` of :func:`torch.nn.functional.cross_entropy`.
-* ``train_targets`` hold what the loss trains on; ``test_targets`` hold only the
-  scored positions.  For most tasks both use the same mask; the in-context
-  recall family trains on every next token but scores only recalled values.
+* ``train_targets`` hold what the loss trains on; ``val_targets`` and
+  ``test_targets`` hold only the scored positions.  For most tasks both use the
+  same mask; the in-context recall family trains on every next token but scores
+  only recalled values.
+* Three splits: train (what the loss sees), validation (what early stopping and
+  hyperparameter selection read) and test (reported only, never used to choose
+  anything).  Validation and test are drawn the same way from different streams.
 * Randomness comes only from ``numpy.random.Generator`` objects derived from the
   explicit ``seed`` argument (see :func:`derive_rngs`); global random state is
   never touched.
@@ -30,6 +34,7 @@ import torch
 
 __all__ = [
     "IGNORE_INDEX",
+    "VAL_STREAM",
     "CACHE_FORMAT_VERSION",
     "DataError",
     "TaskData",
@@ -44,10 +49,11 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+VAL_STREAM = 3  # derive_rngs(seed, 4)[VAL_STREAM] draws every task's validation split
 
 # Bump when the on-disk layout or any generator's output changes, so that
-# stale cache entries are never reused.
-CACHE_FORMAT_VERSION = 1
+# stale cache entries are never reused.  2: every task holds a validation split.
+CACHE_FORMAT_VERSION = 2
 
 
 class DataError(ValueError):
@@ -56,13 +62,15 @@ class DataError(ValueError):
 
 @dataclass
 class TaskData:
-    """A generated train/test split of a sequence task.
+    """A generated train / validation / test split of a sequence task.
 
     Attributes:
         train_inputs: ``(N_train, T)`` long token ids.
         train_targets: ``(N_train, T)`` long; ``-100`` = position not trained on.
         test_inputs: ``(N_test, T)`` long token ids.
         test_targets: ``(N_test, T)`` long; ``-100`` = position not scored.
+        val_inputs, val_targets: ``(N_val, T)``, drawn like the test split from a
+            stream of its own (``None`` only for hand-made data; the tasks need it).
         vocab_size: model vocabulary size; every id in inputs and (non-ignored)
             targets is ``< vocab_size``, special tokens included.
         name: task name (the generator's name, e.g. ``"in_context_recall"``).
@@ -77,6 +85,8 @@ class TaskData:
     vocab_size: int
     name: str
     settings: dict = field(default_factory=dict)
+    val_inputs: torch.Tensor | None = None
+    val_targets: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ info
     @property
@@ -91,12 +101,20 @@ class TaskData:
     def num_test(self) -> int:
         return int(self.test_inputs.shape[0])
 
+    @property
+    def num_val(self) -> int:
+        return 0 if self.val_inputs is None else int(self.val_inputs.shape[0])
+
     def validate(self) -> "TaskData":
         """Check shapes, dtypes and id ranges; raise ``ValueError`` if broken."""
-        pairs = (
+        pairs = [
             ("train", self.train_inputs, self.train_targets),
             ("test", self.test_inputs, self.test_targets),
-        )
+        ]
+        if (self.val_inputs is None) != (self.val_targets is None):
+            raise ValueError(f"{self.name}: give both val_inputs and val_targets, or neither")
+        if self.val_inputs is not None:
+            pairs.append(("val", self.val_inputs, self.val_targets))
         for split, x, y in pairs:
             if x.dtype != torch.long or y.dtype != torch.long:
                 raise ValueError(f"{self.name}: {split} tensors must be torch.long")
@@ -110,6 +128,9 @@ class TaskData:
             kept = y[y != IGNORE_INDEX]
             if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.vocab_size):
                 raise ValueError(f"{self.name}: {split} target ids out of [0, vocab_size)")
+        widths = {x.shape[1] for _, x, _ in pairs}
+        if len(widths) > 1:
+            raise ValueError(f"{self.name}: the splits have different sequence lengths {sorted(widths)}")
         return self
 
     # ----------------------------------------------------------- (de)serialise
@@ -122,6 +143,8 @@ class TaskData:
             "vocab_size": int(self.vocab_size),
             "name": str(self.name),
             "settings": _plain(self.settings),
+            "val_inputs": self.val_inputs,
+            "val_targets": self.val_targets,
         }
 
     @classmethod
@@ -134,6 +157,8 @@ class TaskData:
             vocab_size=int(d["vocab_size"]),
             name=str(d["name"]),
             settings=dict(d["settings"]),
+            val_inputs=d.get("val_inputs"),
+            val_targets=d.get("val_targets"),
         )
 
 
@@ -142,10 +167,12 @@ def derive_rngs(seed: int, n: int) -> list[np.random.Generator]:
     """``n`` independent generators derived from ``seed``.
 
     Uses ``np.random.SeedSequence(seed).spawn(n)``, so the streams are
-    statistically independent and fully determined by ``seed``.  Task
-    generators use stream 0 for training data, stream 1 for test data and
-    further streams for anything shared between the splits (e.g. the global
-    key->value map of the memorization task).
+    statistically independent and fully determined by ``seed``; stream ``i``
+    is the same whatever ``n`` (``spawn`` numbers its children), so adding a
+    stream never changes the others.  Task generators use stream 0 for
+    training data, stream 1 for test data, stream 2 for anything shared between
+    the splits (the global key->value map of the memorization task) and
+    stream 3 for validation data (:data:`VAL_STREAM`).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")

@@ -24,11 +24,14 @@ Label conventions (see :mod:`hypermlp.data.common`):
 * ``memorization``: only the positions holding the insert marker carry a
   target (the value of the preceding key); trained and scored there.
 
-Every generator takes an explicit ``seed``; the train and test splits come from
-two independent streams derived from it (:func:`derive_rngs`), so they differ.
+Every generator takes an explicit ``seed``; the train, test and validation
+splits come from independent streams derived from it (:func:`derive_rngs`), so
+they differ.  The validation split (``num_val`` sequences, default as many as
+``num_test``) is drawn exactly like the test split and is what early stopping
+and hyperparameter selection read; the test split is only reported.
 Every generator has the same shell: ``settings = dict(locals())`` (all of its
-arguments, so ``fn(**data.settings)`` regenerates the task), ``_check_ints``,
-the checks of its own, then ``_generate`` with its split function.
+arguments, so ``fn(**data.settings)`` regenerates the task), ``_held_out_sizes``,
+``_check_ints``, the checks of its own, then ``_generate`` with its split function.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import IGNORE_INDEX, TaskData, derive_rngs
+from .common import IGNORE_INDEX, VAL_STREAM, TaskData, derive_rngs
 
 __all__ = [
     "in_context_recall",
@@ -77,14 +80,17 @@ def _check_ints(settings: dict, **minimums: int) -> None:
 
 
 def _generate(name: str, settings: dict, split: Callable, test_split: Callable | None = None) -> TaskData:
-    """What every generator shares once its arguments are checked: two independent streams
-    from ``settings['seed']``, a train and a test split drawn with ``split(rng, n)`` (or
-    ``test_split`` for the test one), assembled into a TaskData. Each split is
-    (inputs, train_targets, score_targets); train keeps its train targets, test its score
-    targets."""
-    r_train, r_test = derive_rngs(settings["seed"], 2)
+    """What every generator shares once its arguments are checked: independent streams from
+    ``settings['seed']`` (:func:`derive_rngs`: 0 train, 1 test, 3 validation), a train, a test
+    and a validation split drawn with ``split(rng, n)`` (or ``test_split`` for the two held-out
+    ones), assembled into a TaskData. Each split is (inputs, train_targets, score_targets);
+    train keeps its train targets, test and validation their score targets. The validation
+    stream is a fourth one, so the train and test arrays are what they were before it existed."""
+    rngs = derive_rngs(settings["seed"], VAL_STREAM + 1)
+    r_train, r_test, r_val = rngs[0], rngs[1], rngs[VAL_STREAM]
     tr_x, tr_y, _ = split(r_train, settings["num_train"])
     te_x, _, te_y_score = (test_split or split)(r_test, settings["num_test"])
+    va_x, _, va_y_score = (test_split or split)(r_val, settings["num_val"])
     return TaskData(
         train_inputs=tr_x,
         train_targets=tr_y,
@@ -93,7 +99,15 @@ def _generate(name: str, settings: dict, split: Callable, test_split: Callable |
         vocab_size=int(settings["vocab_size"]),
         name=name,
         settings=dict(settings),
+        val_inputs=va_x,
+        val_targets=va_y_score,
     ).validate()
+
+
+def _held_out_sizes(settings: dict) -> None:
+    """``num_val=None`` means as many validation sequences as test ones (recorded as a number)."""
+    if settings.get("num_val") is None:
+        settings["num_val"] = settings["num_test"]
 
 
 def _repeat_mask(codes: np.ndarray) -> np.ndarray:
@@ -155,6 +169,7 @@ def in_context_recall(
     seq_len: int = 128,
     num_train: int = 12_800,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     seed: int = 0,
 ) -> TaskData:
     """Multi-query associative recall.
@@ -174,7 +189,8 @@ def in_context_recall(
     sequence (the value is then determined by the context).
     """
     settings = dict(locals())  # every argument: TaskData.settings regenerates the task
-    _check_ints(settings, vocab_size=4, seq_len=4, num_train=1, num_test=1)
+    _held_out_sizes(settings)
+    _check_ints(settings, vocab_size=4, seq_len=4, num_train=1, num_test=1, num_val=1)
     return _generate("in_context_recall", settings, partial(_recall_split, vocab_size=vocab_size, seq_len=seq_len))
 
 
@@ -233,6 +249,7 @@ def fuzzy_in_context_recall(
     seq_len: int = 128,
     num_train: int = 12_800,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     key_motif_len: int = 3,
     value_motif_len: int = 3,
     num_keys: int | None = None,
@@ -258,7 +275,8 @@ def fuzzy_in_context_recall(
     value motifs whose key motif already occurred earlier in the sequence.
     """
     settings = dict(locals())
-    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, key_motif_len=1, value_motif_len=1)
+    _held_out_sizes(settings)
+    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, num_val=1, key_motif_len=1, value_motif_len=1)
     n_key_ids = (vocab_size - 1) // 2
     if num_keys is None:
         num_keys = settings["num_keys"] = n_key_ids
@@ -314,6 +332,7 @@ def noisy_in_context_recall(
     seq_len: int = 128,
     num_train: int = 12_800,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     noise_vocab_size: int = 16,
     frac_noise: float = 0.2,
     seed: int = 0,
@@ -337,7 +356,8 @@ def noisy_in_context_recall(
     already occurred earlier in the sequence.
     """
     settings = dict(locals())
-    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, noise_vocab_size=1)
+    _held_out_sizes(settings)
+    _check_ints(settings, vocab_size=5, seq_len=4, num_train=1, num_test=1, num_val=1, noise_vocab_size=1)
     if vocab_size - noise_vocab_size < 2:
         raise ValueError("vocab_size - noise_vocab_size must leave at least 2 content ids")
     if not (0.0 <= float(frac_noise) < 1.0):
@@ -372,6 +392,7 @@ def selective_copying(
     num_tokens_to_copy: int = 16,
     num_train: int = 12_800,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     seed: int = 0,
 ) -> TaskData:
     """Copy the non-blank tokens, in order, after a copy marker.
@@ -391,7 +412,8 @@ def selective_copying(
     ``-100`` elsewhere, for both training and scoring.
     """
     settings = dict(locals())
-    _check_ints(settings, vocab_size=3, seq_len=2, num_tokens_to_copy=1, num_train=1, num_test=1)
+    _held_out_sizes(settings)
+    _check_ints(settings, vocab_size=3, seq_len=2, num_tokens_to_copy=1, num_train=1, num_test=1, num_val=1)
     if seq_len - num_tokens_to_copy < num_tokens_to_copy:
         raise ValueError(
             f"seq_len={seq_len} too short to hold {num_tokens_to_copy} tokens in the context and the answer"
@@ -416,6 +438,7 @@ def compression(
     seq_len: int = 32,
     num_train: int = 12_800,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     seed: int = 0,
     readout: str = "last_position",
 ) -> TaskData:
@@ -436,9 +459,10 @@ def compression(
     position is trained on and scored.
     """
     settings = dict(locals())
+    _held_out_sizes(settings)
     if readout != "last_position":
         raise ValueError(f"compression supports readout='last_position' only, got {readout!r}")
-    _check_ints(settings, vocab_size=2, seq_len=2, num_train=1, num_test=1)
+    _check_ints(settings, vocab_size=2, seq_len=2, num_train=1, num_test=1, num_val=1)
     return _generate("compression", settings, partial(_compression_split, vocab_size=vocab_size, seq_len=seq_len))
 
 
@@ -474,6 +498,7 @@ def memorization(
     seq_len: int = 32,
     num_train: int = 256,
     num_test: int = MAD_NUM_TEST,
+    num_val: int | None = None,
     seed: int = 0,
 ) -> TaskData:
     """Memorize a fixed global key->value map (facts stored in the weights).
@@ -492,10 +517,11 @@ def memorization(
     keys, so every key occurs in training at least once whenever
     ``num_train * T/2 >= K`` (true for every MAD setting, e.g. V=8192: K=4095
     keys, 256*16=4096 slots); test keys are uniform, so test accuracy measures
-    recall of facts that were all seen in training.
+    recall of facts that were all seen in training (validation keys: uniform too).
     """
     settings = dict(locals())
-    _check_ints(settings, vocab_size=3, seq_len=2, num_train=1, num_test=1)
+    _held_out_sizes(settings)
+    _check_ints(settings, vocab_size=3, seq_len=2, num_train=1, num_test=1, num_val=1)
     if seq_len % 2:
         raise ValueError(f"memorization needs an even seq_len, got {seq_len}")
     num_keys = (vocab_size - 1) // 2

@@ -23,7 +23,10 @@ Sequence layout for ``T = seq_len`` and ``D = num_pairs``:
   as in a causal LM).  Unused slots (and a trailing odd position) hold ``0``.
 
 Labels: the target at a query key's position is its value; every other
-position is ``-100``, in train and test alike.
+position is ``-100``, in train, validation and test alike.  The validation
+split (``num_val`` sequences, default ``num_test``) comes from a stream of its
+own (:data:`~hypermlp.data.common.VAL_STREAM`), so the train and test arrays do
+not depend on it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from ..defaults import MQAR_DATA
-from .common import IGNORE_INDEX, TaskData, derive_rngs
+from .common import IGNORE_INDEX, VAL_STREAM, TaskData, derive_rngs
 
 __all__ = ["mqar", "mqar_query_gaps"]
 
@@ -87,14 +90,17 @@ def mqar(
     num_test: int = 3_000,
     power_a: float = MQAR_DATA["power_a"],
     seed: int = 0,
+    num_val: int | None = None,
 ) -> TaskData:
-    """Generate an MQAR train/test split (layout in the module docstring).
+    """Generate an MQAR train / validation / test split (layout in the module docstring).
 
     Requires ``seq_len - 2 * num_pairs >= 2 * num_pairs`` (room for one query
     slot per key) and ``vocab_size // 2 - 1 >= num_pairs`` (distinct keys).
     """
+    if num_val is None:
+        num_val = num_test
     for name, v, lo in (("seq_len", seq_len, 4), ("num_pairs", num_pairs, 1), ("vocab_size", vocab_size, 4),
-                        ("num_train", num_train, 1), ("num_test", num_test, 1)):
+                        ("num_train", num_train, 1), ("num_test", num_test, 1), ("num_val", num_val, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if (seq_len - 2 * num_pairs) // 2 < num_pairs:
@@ -109,13 +115,16 @@ def mqar(
         vocab_size=int(vocab_size),
         num_train=int(num_train),
         num_test=int(num_test),
+        num_val=int(num_val),
         power_a=float(power_a),
         seed=int(seed),
     )
-    r_train, r_test = derive_rngs(seed, 2)
+    rngs = derive_rngs(seed, VAL_STREAM + 1)
+    r_train, r_test, r_val = rngs[0], rngs[1], rngs[VAL_STREAM]
     args = (int(seq_len), int(num_pairs), int(vocab_size), float(power_a))
     tr_x, tr_y = _mqar_split(r_train, int(num_train), *args)
     te_x, te_y = _mqar_split(r_test, int(num_test), *args)
+    va_x, va_y = _mqar_split(r_val, int(num_val), *args)
     return TaskData(
         train_inputs=tr_x,
         train_targets=tr_y,
@@ -124,6 +133,8 @@ def mqar(
         vocab_size=int(vocab_size),
         name="mqar",
         settings=settings,
+        val_inputs=va_x,
+        val_targets=va_y,
     ).validate()
 
 

@@ -7,9 +7,11 @@
   locally on the train split with Hugging Face ``tokenizers``.
 * :func:`get_batch` / :func:`batch_iterator` draw random training windows with
   a caller-supplied ``torch.Generator``; :func:`eval_windows` gives the
-  deterministic non-overlapping validation windows.
+  deterministic non-overlapping validation windows (the whole split, or a
+  sample spread evenly over it).
 * :func:`bits_per_byte` converts a mean token loss (nats) into bits per UTF-8
-  byte, comparable across tokenizers.
+  byte, comparable across tokenizers; :meth:`Corpus.token_bytes` gives the
+  bytes behind each token id, to count the bytes actually scored.
 
 Nothing is downloaded; everything works offline.
 """
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from ..defaults import LM_DATA
-from .common import DataError, atomic_torch_save
+from .common import IGNORE_INDEX, DataError, atomic_torch_save
 
 __all__ = [
     "Corpus",
@@ -88,6 +90,22 @@ class Corpus:
         if self.tokenizer == "byte":
             return _byte_encode(text)
         return torch.tensor(self._tok.encode(text).ids, dtype=torch.long)
+
+    def token_bytes(self) -> torch.Tensor:
+        """``(vocab_size,)`` long: how many UTF-8 bytes each token id stands for.
+
+        1 for every id of the byte tokenizer; for the byte-level BPE the length of the token's
+        string, whose characters are the byte-level alphabet (one character per byte).  So the
+        bytes behind any run of ids is a sum over this table, and over a whole split it gives
+        ``n_bytes_*`` back exactly.
+        """
+        if self.tokenizer == "byte":
+            return torch.ones(self.vocab_size, dtype=torch.long)
+        out = torch.zeros(self.vocab_size, dtype=torch.long)
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i < self.vocab_size:
+                out[i] = len(token)
+        return out
 
     def decode(self, ids: Sequence[int] | torch.Tensor | np.ndarray) -> str:
         """Text of ``ids``; invalid UTF-8 (e.g. a window cutting a character) becomes U+FFFD."""
@@ -471,19 +489,38 @@ def batch_iterator(
 def eval_windows(
     ids: torch.Tensor, seq_len: int, max_windows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic non-overlapping windows: inputs and targets ``(W, seq_len)``.
+    """Deterministic validation windows: inputs and targets ``(W, seq_len)``; a target of
+    ``-100`` is not scored.
 
-    Window ``w`` covers ids ``[w*seq_len, (w+1)*seq_len]`` (inputs the first
-    ``seq_len``, targets the last ``seq_len``); ``W = (len(ids) - 1) // seq_len``,
-    optionally capped at ``max_windows`` (the first ones).  The tail that does
-    not fill a window is dropped.
+    With ``n = len(ids)`` there are ``n - 1`` targets (every id but the first).  Full window
+    ``w`` takes inputs ``ids[w*T : (w+1)*T]`` and targets ``ids[w*T+1 : (w+1)*T+1]``
+    (``T = seq_len``), for ``w < W_full = (n - 1) // T``.
+
+    * ``max_windows=None`` (or at least the windows the whole split takes): the whole split.
+      The ``r = (n - 1) % T`` targets left after the full windows get one more window that
+      ends at the end of the split (inputs ``ids[n-1-T : n-1]``, targets ``ids[n-T:]``) and
+      scores only its last ``r`` targets. Every target is scored exactly once: ``n - 1``.
+    * ``max_windows=N`` smaller than that: ``N`` of the full windows spread evenly over the
+      whole split (window ``floor((i + 1/2) * W_full / N)`` for ``i < N``), so the sample
+      reaches from its start to its end instead of covering a slice at the start.
     """
     ids = _check_ids(ids, seq_len)
-    w = (ids.numel() - 1) // seq_len
-    if max_windows is not None:
-        w = min(w, int(max_windows))
-    x = ids[: w * seq_len].reshape(w, seq_len).long()
-    y = ids[1 : w * seq_len + 1].reshape(w, seq_len).long()
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows < 1):
+        raise ValueError(f"max_windows must be a positive integer or None, got {max_windows!r}")
+    n = ids.numel()
+    full = (n - 1) // seq_len
+    rest = (n - 1) - full * seq_len
+    x = ids[: full * seq_len].reshape(full, seq_len).long()
+    y = ids[1 : full * seq_len + 1].reshape(full, seq_len).long()
+    if max_windows is not None and max_windows < full + (rest > 0):
+        pick = ((torch.arange(max_windows, dtype=torch.float64) + 0.5) * full / max_windows).long()
+        return x[pick], y[pick]
+    if rest:
+        tail_x = ids[n - 1 - seq_len : n - 1].long()[None]
+        tail_y = ids[n - seq_len :].long().clone()[None]
+        tail_y[0, : seq_len - rest] = IGNORE_INDEX  # already scored by the last full window
+        x, y = torch.cat([x, tail_x]), torch.cat([y, tail_y])
     return x, y
 
 

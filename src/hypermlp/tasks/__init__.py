@@ -67,7 +67,8 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
 
     ``data`` overrides the task's defaults: the MAD baseline (``mad_settings(name)[0]``),
     ``defaults.MQAR_DATA``, or for ``lm`` ``defaults.LM_DATA`` (path, tokenizer, seq_len,
-    eval_windows, max_bytes, bpe_vocab_size, val_fraction, seed).
+    eval_windows, max_bytes, bpe_vocab_size, val_fraction, seed). The synthetic tasks take
+    ``num_val`` (validation sequences; None = ``num_test``).
     """
     from ..data import make_task
     from ..data.mad import mad_settings
@@ -87,10 +88,14 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
         s["vocab_size"] = corpus.vocab_size
         return LMTask(corpus, seq_len=s["seq_len"], eval_windows=s["eval_windows"]), s
     if kind == "mqar":
-        s = _merge_known(MQAR_DATA, data, "mqar data")
-        return TokenTask(make_task("mqar", cache_dir, **s), label="mqar"), s
-    base = mad_settings(name, "quick", seed=int(data.get("seed", 0)))[0]
-    s = _merge_known(base, data, f"{name} data")
+        s = _held_out(_merge_known(MQAR_DATA, data, "mqar data"))
+        try:
+            task_data = make_task("mqar", cache_dir, **s)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"mqar: {e}") from None
+        return TokenTask(task_data, label="mqar"), s
+    base = mad_settings(name, "quick")[0]  # the seed, like every setting, comes from data when given
+    s = _held_out(_merge_known(base, data, f"{name} data"))
     if name == "fuzzy_in_context_recall" and "vocab_size" in data and "num_keys" not in data:
         s["num_keys"] = (s["vocab_size"] - 1) // 2  # keys follow the vocabulary, as in MAD
     try:
@@ -98,6 +103,14 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: {e}") from None
     return task_from_data(task_data, label=name), s
+
+
+def _held_out(s: dict) -> dict:
+    """``num_val`` None = as many validation sequences as test ones, written out (run.yaml and
+    the cache key say the number)."""
+    if s.get("num_val") is None:
+        s["num_val"] = s.get("num_test")
+    return s
 
 
 def _merge_known(defaults: dict, overrides: dict, what: str) -> dict:

@@ -9,7 +9,12 @@ The Trainer never asks what kind of task or model it has; it only calls these:
 * ``steps_per_epoch(batch_size)`` -> steps in one pass over the training set, None = no epochs;
 * ``forward(model, x)`` -> (B, T, V) logits aligned with the (B, T) targets (-100 = ignored);
 * ``loss(logits, targets)`` -> the *summed* float32 cross-entropy over the kept targets;
-* ``evaluate(model)`` -> a dict of metrics, deterministic;
+* ``evaluate(model, final=False)`` -> a dict of metrics, deterministic. Metrics named ``val_*``
+  come from a validation split held apart from train and test: early stopping and
+  hyperparameter selection read only those; ``test_*`` metrics are for reporting. ``final``
+  is set on the last evaluation of a run, which may score more than the ones during training
+  (``final_eval_differs`` says whether it does, so the Trainer knows to repeat an evaluation
+  that ended a run early);
 * ``language_model(model)`` -> the LanguageModel a checkpoint stores (model.safetensors + config.json);
 * ``save_extra_files(model, folder)`` / ``load_extra_files(model, folder, device)``: whatever
   else the task's checkpoints hold;
@@ -57,8 +62,12 @@ class Task:
     def steps_per_epoch(self, batch_size: int) -> Optional[int]:
         return None
 
-    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool = False) -> Dict[str, float]:
         raise NotImplementedError
+
+    @property
+    def final_eval_differs(self) -> bool:
+        return False
 
     # -- checkpoints -------------------------------------------------------------------------
     def language_model(self, model: nn.Module) -> LanguageModel:

@@ -1,17 +1,29 @@
 """The ``lm`` task: next-token prediction on a text corpus.
 
-Training draws random windows of the train split; evaluation is the mean loss and the bits per
-byte over the first deterministic windows of the validation split.
+Training draws random windows of the train split. Evaluation scores the validation split in
+non-overlapping windows (``hypermlp.data.text.eval_windows``):
+
+* ``eval_windows=None``: every evaluation scores the whole split, every target once;
+* ``eval_windows=N``: evaluations during training score N windows spread evenly over the whole
+  split (cheaper), and the final evaluation the whole split.
+
+Each record says what it scored: ``val_scope`` (``"full"`` or ``"sample"``), ``val_windows``,
+``val_tokens`` (targets scored), ``val_bytes`` (the UTF-8 bytes behind them) and
+``val_coverage`` (``val_tokens`` over the split's ``len(val) - 1`` targets). ``val_loss`` is
+nats per scored token and ``val_bpb`` = total nats / (ln 2 x ``val_bytes``): bits per byte of
+exactly the bytes scored, whatever the tokenizer.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict
+from typing import Dict, Optional
 
 import torch.nn as nn
 
+from ..config import ConfigError
+from ..data.common import IGNORE_INDEX
 from ..data.text import Corpus, bits_per_byte
 from ..data.text import eval_windows as validation_windows
 from ..defaults import LM_DATA
@@ -22,28 +34,51 @@ __all__ = ["LMTask"]
 
 
 class LMTask(Task):
-    def __init__(self, corpus: Corpus, seq_len: int = LM_DATA["seq_len"], eval_windows: int = LM_DATA["eval_windows"],
-                 eval_batch_size: int = 16):
+    def __init__(self, corpus: Corpus, seq_len: int = LM_DATA["seq_len"],
+                 eval_windows: Optional[int] = LM_DATA["eval_windows"], eval_batch_size: int = 32):
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ConfigError(f"seq_len must be a positive integer, got {seq_len!r}")
+        if eval_windows is not None and (isinstance(eval_windows, bool) or not isinstance(eval_windows, int)
+                                         or eval_windows < 1):
+            raise ConfigError(f"eval_windows must be a positive integer (or null: the whole split), got {eval_windows!r}")
         self.corpus = corpus
         self.name = "lm"
         self.vocab_size = corpus.vocab_size
         self.seq_len = seq_len
         self.eval_batch_size = eval_batch_size
-        self.eval_x, self.eval_y = validation_windows(corpus.val, seq_len, max_windows=eval_windows)  # (W, T) each
-        # bytes per validation token, to turn nats/token into bits/byte (exact for the byte tokenizer)
-        self.bytes_per_token = corpus.n_bytes_val / max(1, corpus.val.numel())
+        self.token_bytes = corpus.token_bytes()  # (V,): bytes behind each id, for val_bpb
+        self.val_targets = max(0, corpus.val.numel() - 1)  # what the whole split scores
+        self.full = validation_windows(corpus.val, seq_len)  # (W, T) inputs and targets
+        self.sample = None
+        if eval_windows is not None and eval_windows < self.full[0].shape[0]:
+            self.sample = validation_windows(corpus.val, seq_len, max_windows=eval_windows)
+
+    @property
+    def final_eval_differs(self) -> bool:
+        return self.sample is not None
 
     def make_sampler(self, batch_size: int, seed: int) -> WindowSampler:
         return WindowSampler(self.corpus.train, batch_size, self.seq_len, seed)
 
-    def evaluate(self, model: nn.Module) -> Dict[str, float]:
-        total, n = 0.0, 0
-        for i, logits in batched_logits(self, model, self.eval_x, self.eval_batch_size):
-            y = self.eval_y[i : i + logits.shape[0]].to(logits.device)
-            total += float(self.loss(logits, y))
-            n += y.numel()
-        loss = total / n
-        return {"val_loss": loss, "val_bpb": bits_per_byte(loss, n, max(1, round(n * self.bytes_per_token)))}
+    def evaluate(self, model: nn.Module, final: bool = False) -> Dict[str, float]:
+        scope = "sample" if (self.sample is not None and not final) else "full"
+        inputs, targets = self.sample if scope == "sample" else self.full
+        total, tokens, n_bytes = 0.0, 0, 0
+        for i, logits in batched_logits(self, model, inputs, self.eval_batch_size):
+            y = targets[i : i + logits.shape[0]]
+            total += float(self.loss(logits, y.to(logits.device)))
+            kept = y[y != IGNORE_INDEX]
+            tokens += kept.numel()
+            n_bytes += int(self.token_bytes[kept].sum())
+        return {
+            "val_loss": total / tokens,
+            "val_bpb": bits_per_byte(total / tokens, tokens, n_bytes),
+            "val_tokens": tokens,
+            "val_bytes": n_bytes,
+            "val_windows": int(inputs.shape[0]),
+            "val_coverage": tokens / max(1, self.val_targets),
+            "val_scope": scope,
+        }
 
     def save_extra_files(self, model: nn.Module, folder: str) -> None:
         # a BPE model is unreadable without its tokenizer, so the tokenizer travels with it

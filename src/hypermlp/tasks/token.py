@@ -1,7 +1,11 @@
 """Supervised token tasks (the MAD tasks, MQAR) and MAD compression's encoder-decoder.
 
-* ``TokenTask``: a ``TaskData``'s fixed train / test split; the loss covers targets != -100,
-  evaluation is plain and macro accuracy on the scored positions (``score_predictions``).
+* ``TokenTask``: a ``TaskData``'s fixed train / validation / test splits; the loss covers
+  targets != -100, evaluation is plain and macro accuracy on the scored positions
+  (``score_predictions``) of the validation split (``val_loss``, ``val_acc``,
+  ``val_macro_acc``: what early stopping and selection read) and of the test split
+  (``test_loss``, ``test_acc``, ``test_macro_acc``: reported only). ``acc`` and ``macro_acc``
+  are the old names of the test metrics, kept while ``compare`` still reads them.
 * ``CompressionTask``: MAD compression. The LanguageModel is the *encoder* (its
   ``hidden_states``); a small decoder head rebuilds all T input tokens from the hidden state at
   the last position alone: for slot t, ``h_last + query[t]`` (a learned per-slot query) goes
@@ -30,6 +34,8 @@ __all__ = ["TokenTask", "CompressionTask", "CompressionModel", "task_from_data"]
 class TokenTask(Task):
     def __init__(self, data: TaskData, eval_batch_size: int = 256, label: Optional[str] = None):
         self.data = data.validate()
+        if data.val_inputs is None:
+            raise ValueError(f"{data.name}: the data has no validation split (early stopping and selection need one)")
         self.name = label or data.name
         self.vocab_size = data.vocab_size
         self.seq_len = data.seq_len
@@ -41,16 +47,24 @@ class TokenTask(Task):
     def steps_per_epoch(self, batch_size: int) -> Optional[int]:
         return max(1, self.data.num_train // batch_size)
 
-    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool = False) -> Dict[str, float]:
+        val = self._score(model, self.data.val_inputs, self.data.val_targets)
+        test = self._score(model, self.data.test_inputs, self.data.test_targets)
+        out = {f"val_{k}": v for k, v in val.items()}
+        out.update({f"test_{k}": v for k, v in test.items()})
+        out.update(acc=test["acc"], macro_acc=test["macro_acc"])  # old names of the test metrics
+        return out
+
+    def _score(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
+        """Mean loss over the scored targets (-100 = not scored), plain and macro accuracy."""
         preds, loss_sum, count = [], 0.0, 0
-        targets = self.data.test_targets  # (N, T), -100 = not scored
-        for i, logits in batched_logits(self, model, self.data.test_inputs, self.eval_batch_size):
+        for i, logits in batched_logits(self, model, inputs, self.eval_batch_size):
             y = targets[i : i + logits.shape[0]].to(logits.device)
             loss_sum += float(self.loss(logits, y))
             count += int((y != IGNORE_INDEX).sum())
             preds.append(logits.argmax(-1).cpu())
         scores = score_predictions(torch.cat(preds), targets)
-        return {"test_loss": loss_sum / max(1, count), "acc": scores["acc"], "macro_acc": scores["macro_acc"]}
+        return {"loss": loss_sum / max(1, count), "acc": scores["acc"], "macro_acc": scores["macro_acc"]}
 
 
 # ----------------------------------------------------------------------------- compression
