@@ -6,7 +6,7 @@ import torch
 from hypermlp import HyperGLU, HyperMLP, ReLUAttention, SoftmaxAttention
 
 D = 16
-SWITCHES = [  # several combinations of the spec's switches
+SWITCHES = [  # several combinations of the layers' switches
     dict(),
     dict(conv_size=0, qk_gate=False, out_gate=False),
     dict(rope=True, mix1=False, qk_rank=16),
