@@ -1,15 +1,22 @@
 """Command line: ``hypermlp train | compare | generate | bench``.
 
-Every user mistake (unknown task or mixer, unreadable or empty data, a checkpoint that does not
+Every user mistake (unknown task or mixer, a value of the wrong type or out of range, a config
+section of the wrong shape, unreadable or empty data, a damaged checkpoint or one that does not
 match, bad YAML, an output folder that would be overwritten) ends as one line on stderr,
 ``hypermlp: error: ...``, and exit code 2, before anything is written.
+
+``train --resume`` continues the run in ``--out``: task, data and model must be the run's (an
+error names what differs); training options follow ``hypermlp.train.RESUME_REFUSED`` (an
+error) or are applied, and ``run.yaml`` then lists them under ``history`` with the step they
+took effect at. ``train --force`` starts over only in a folder hypermlp made (its
+``.hypermlp-run`` marker), removing the run's own files and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import shutil
 import sys
 from typing import List, Optional
 
@@ -35,10 +42,12 @@ def _read_yaml(path: Optional[str]) -> dict:
     if not path:
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
     except OSError as e:
         raise UsageError(f"cannot read config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read config {path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -51,6 +60,24 @@ def _read_yaml(path: Optional[str]) -> dict:
     return cfg
 
 
+def _section(cfg: dict, name: str, where: Optional[str]) -> dict:
+    """A mapping section of a config (``model:``, ``data:``, ``train:``), copied; {} if absent."""
+    value = cfg.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"'{name}:' in {where} must be a mapping of settings, got {value!r}")
+    return dict(value)
+
+
+def _text(cfg: dict, name: str, where: Optional[str]) -> Optional[str]:
+    """A string entry of a config (``task:``, ``out:``, ``cache_dir:``) or None."""
+    value = cfg.get(name)
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"'{name}:' in {where} must be a string, got {value!r}")
+    return value
+
+
 def _key_values(items: Optional[List[str]], flag: str) -> dict:
     """['a=1', 'b=true'] -> {'a': 1, 'b': True} (values parsed as YAML scalars)."""
     import yaml
@@ -60,7 +87,12 @@ def _key_values(items: Optional[List[str]], flag: str) -> dict:
         if "=" not in item:
             raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        if not k.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r} (no key)")
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise UsageError(f"{flag} {item!r}: the value is not YAML ({getattr(e, 'problem', None) or 'unreadable'})") from None
     return out
 
 
@@ -70,7 +102,50 @@ def _set(d: dict, key: str, value) -> None:
 
 
 def _has_run(out: str) -> bool:
-    return os.path.exists(os.path.join(out, "metrics.jsonl")) or os.path.isdir(os.path.join(out, "checkpoints"))
+    return any(os.path.exists(os.path.join(out, n)) for n in ("metrics.jsonl", "checkpoints", "run.yaml"))
+
+
+def _check_model_section(model: dict, where: Optional[str]) -> None:
+    """What ModelConfig.validate leaves to its users: the shapes and ranges of the remaining keys."""
+    mixer = model.get("mixer")
+    if mixer is not None and not (isinstance(mixer, str) or (isinstance(mixer, list) and all(isinstance(m, str) for m in mixer))):
+        raise UsageError(f"model mixer must be a mixer name or a list of them (one per layer), got {mixer!r}")
+    if not isinstance(model.get("mixer_args"), dict):
+        raise UsageError(f"'model: mixer_args:' in {where} must be a mapping, got {model.get('mixer_args')!r}")
+    if "tie_embeddings" in model and not isinstance(model["tie_embeddings"], bool):
+        raise UsageError(f"model tie_embeddings must be true or false, got {model['tie_embeddings']!r}")
+    eps = model.get("rmsnorm_eps", model.get("norm_eps"))
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < math.inf)):
+        raise UsageError(f"model rmsnorm_eps must be a positive number, got {eps!r}")
+
+
+def _same_path(a, b) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return os.path.abspath(a) == os.path.abspath(b)
+    return a == b
+
+
+def _check_same_run(previous: dict, where: str, task: str, data: dict, model: dict) -> None:
+    """``--resume`` continues the run ``previous`` (its run.yaml) describes: the task, its data and
+    the model must be the same; an error names what differs."""
+    from .models import ModelConfig
+
+    if previous.get("task") != task:
+        raise UsageError(f"--resume cannot change the task (the run in {where} is {previous.get('task')!r}, now {task!r})")
+    old_data = previous.get("data") if isinstance(previous.get("data"), dict) else {}
+    diff = [k for k in sorted(set(old_data) | set(data)) if not _same_path(old_data.get(k), data.get(k))]
+    if diff:
+        detail = ", ".join(f"{k}: the run used {old_data.get(k)!r}, now {data.get(k)!r}" for k in diff)
+        raise UsageError(f"--resume cannot change the data settings ({detail}); start a new run instead")
+    try:
+        old_model = ModelConfig.from_dict(previous.get("model") or {}).to_dict()  # old key names as today's
+    except (TypeError, ValueError):
+        old_model = previous.get("model") or {}
+    diff = [k for k in sorted(set(old_model) | set(model)) if old_model.get(k) != model.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: the run used {old_model.get(k)!r}, now {model.get(k)!r}" for k in diff)
+        raise UsageError(f"--resume: the run in {where} was made for another model ({detail}); "
+                         f"start a new run instead")
 
 
 # ----------------------------------------------------------------------------- train
@@ -104,28 +179,39 @@ def _add_train_flags(p):
 
 
 def cmd_train(args) -> int:
-    import torch.distributed as dist
+    from dataclasses import asdict
 
-    from .models import ModelConfig
+    import torch.distributed as dist
+    import yaml
+
+    from .checkpoint import has_run_marker, remove_run, write_atomic
+    from .defaults import default_cache_dir
+    from .models import LanguageModel, ModelConfig
     from .tasks import build_task, resolve_train
     from .train import TrainConfig, Trainer, init_distributed
 
+    where = args.config
     cfg = _read_yaml(args.config)
     if args.resume and not args.config and not args.task and args.out:
         # `train --out RUN --resume`: the run's own record says what it was
-        run_file = os.path.join(args.out, "run.yaml")
-        if not os.path.exists(run_file):
+        where = os.path.join(args.out, "run.yaml")
+        if not os.path.exists(where):
             raise UsageError(f"{args.out} holds no run to resume (no run.yaml)")
-        cfg = _read_yaml(run_file)
+        cfg = _read_yaml(where)
+        cfg["data"] = _section(cfg, "data", where)
         for derived in ("source", "vocab_size"):  # written for the reader, not settings
-            (cfg.get("data") or {}).pop(derived, None)
-    bad = sorted(set(cfg) - {"task", "data", "model", "train", "out", "cache_dir"})
+            cfg["data"].pop(derived, None)
+    known = {"task", "data", "model", "train", "out", "cache_dir", "history"}
+    bad = sorted(set(cfg) - known)
     if bad:
-        raise UsageError(f"unknown top-level key(s) {bad} in {args.config}; known: cache_dir, data, model, out, task, train")
-    task_name = args.task or cfg.get("task")
+        raise UsageError(f"unknown top-level key(s) {bad} in {where}; known: {', '.join(sorted(known))}")
+    if not isinstance(cfg.get("history") or [], list):  # run.yaml: what earlier resumes changed
+        raise UsageError(f"'history:' in {where} must be a list, got {cfg['history']!r}")
+    cfg_task, cfg_out, cfg_cache = (_text(cfg, k, where) for k in ("task", "out", "cache_dir"))
+    task_name = args.task or cfg_task
     if not task_name:
         raise UsageError("no task: give --task (mad:<name>, mqar or lm) or 'task:' in --config")
-    data = dict(cfg.get("data") or {})
+    data = _section(cfg, "data", where)
     data.update(_key_values(args.data_arg, "--data-arg"))
     if args.data is not None:
         if task_name != "lm":
@@ -134,9 +220,11 @@ def cmd_train(args) -> int:
     _set(data, "tokenizer", args.tokenizer)
     _set(data, "seq_len", args.seq_len)
 
-    model = dict(cfg.get("model") or {})
-    model["mixer_args"] = dict(model.get("mixer_args") or {})
-    if args.mixer:
+    model = _section(cfg, "model", where)
+    model["mixer_args"] = {} if model.get("mixer_args") is None else model["mixer_args"]
+    _check_model_section(model, where)
+    model["mixer_args"] = dict(model["mixer_args"])
+    if args.mixer is not None:
         model["mixer"] = args.mixer.split(",") if "," in args.mixer else args.mixer
     for flag, key in (("d_model", "d_model"), ("n_layers", "n_layers"), ("mlp_hidden", "mlp_hidden"), ("max_len", "max_len")):
         _set(model, key, getattr(args, flag))
@@ -144,7 +232,7 @@ def cmd_train(args) -> int:
     _set(model["mixer_args"], "qk_rank", args.qk_rank)
     model["mixer_args"].update(_key_values(args.mixer_arg, "--mixer-arg"))
 
-    user_train = dict(cfg.get("train") or {})
+    user_train = _section(cfg, "train", where)
     for key in ("steps", "epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "grad_clip",
                 "eval_every", "ckpt_every", "seed", "device"):
         _set(user_train, key, getattr(args, key))
@@ -153,34 +241,63 @@ def cmd_train(args) -> int:
     train = resolve_train(task_name, user_train)
     if args.no_progress:
         train["progress"] = False
-    out = args.out or cfg.get("out") or TRAIN_OUT_DIR
+    out = args.out or cfg_out or TRAIN_OUT_DIR
+    cache_dir = args.cache_dir or cfg_cache or default_cache_dir()
 
-    # -- everything is checked before anything is written ------------------------------------
+    # -- every value is checked, and the model built, before anything is written -------------
     distributed = init_distributed()
     rank = dist.get_rank() if distributed else 0
     tcfg = TrainConfig.from_dict(train).validate()
-    task, resolved = build_task(task_name, data, args.cache_dir or cfg.get("cache_dir"))
+    task, resolved = build_task(task_name, data, cache_dir)
     model.setdefault("max_len", task.seq_len)
     if "vocab_size" in model and model["vocab_size"] != task.vocab_size:
         raise UsageError(f"model vocab_size={model['vocab_size']} but the task has {task.vocab_size} tokens")
     model["vocab_size"] = task.vocab_size
     mcfg = ModelConfig.from_dict(model).validate()
-    if not args.resume and _has_run(out) and not args.force:
-        raise UsageError(f"{out} already holds a run; use --resume to continue it or --force to start over")
-    if distributed:
-        dist.barrier()  # every rank has checked the folder before rank 0 touches it
-    if args.force and not args.resume and rank == 0:
-        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-    trainer = Trainer(mcfg, task, tcfg, out_dir=out, resume=args.resume)
-    if rank == 0:
-        import yaml
+    import torch
 
-        run = {"task": task_name, "data": resolved, "model": mcfg.to_dict(), "train": train, "out": out}
-        with open(os.path.join(out, "run.yaml"), "w") as f:
-            yaml.safe_dump(run, f, sort_keys=False)
+    with torch.device("meta"):
+        LanguageModel(mcfg)  # every layer's arguments are checked here
+    run_file = os.path.join(out, "run.yaml")
+    previous = None
+    if args.resume:
+        if os.path.exists(run_file):
+            previous = _read_yaml(run_file)
+            if not isinstance(previous.get("history") or [], list):
+                raise UsageError(f"'history:' in {run_file} must be a list, got {previous['history']!r}")
+            _check_same_run(previous, run_file, task_name, resolved, mcfg.to_dict())
+    elif _has_run(out):
+        if not args.force:
+            raise UsageError(f"{out} already holds a run; use --resume to continue it or --force to start over")
+        if not has_run_marker(out):
+            raise UsageError(f"{out} holds files hypermlp did not create (no .hypermlp-run marker): --force "
+                             f"removes only a run hypermlp made; remove them yourself or pick another --out")
+    trainer = Trainer(mcfg, task, tcfg, out_dir=out, resume=args.resume)  # a fresh run writes nothing yet
+    if distributed:
+        dist.barrier()  # every rank has checked everything before rank 0 touches the folder
+    if rank == 0:
+        if args.force and not args.resume and _has_run(out):
+            remove_run(out)  # the old run's own files, nothing else
+        run = {"task": task_name, "data": resolved, "model": mcfg.to_dict(), "train": asdict(tcfg), "out": out,
+               "cache_dir": cache_dir}
+        history = list((previous or {}).get("history") or [])
+        if trainer.resume_changes:
+            history.append({"resumed_at_step": trainer.step, "changed": trainer.resume_changes})
+        if history:
+            run["history"] = history
+        os.makedirs(out, exist_ok=True)
+
+        def dump(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                yaml.safe_dump(run, f, sort_keys=False)
+
+        write_atomic(run_file, dump)
         n = sum(p.numel() for p in trainer.model.parameters())  # the whole trained module, tied weights once
         print(f"hypermlp train: {task_name} | {mcfg.mixer} d={mcfg.d_model} layers={mcfg.n_layers} | "
               f"{n:,} params | {trainer.total_steps} steps | {trainer.world} process(es) on {trainer.device} | out={out}")
+        if trainer.resume_changes:
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in trainer.resume_changes.items())
+            print(f"resumed at step {trainer.step} with {changed} (recorded in run.yaml)")
     result = trainer.fit()
     if rank == 0:
         final = {k: round(v, 5) if isinstance(v, float) else v for k, v in result["final"].items() if k != "type"}
@@ -239,19 +356,34 @@ def _resolve_checkpoint(path: str) -> str:
 def cmd_generate(args) -> int:
     import torch
 
+    from .checkpoint import first_line, verify_checksums
     from .models import LanguageModel
 
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1 (or left out: the whole vocabulary), got {args.top_k}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no GPU is available")
     ckpt = _resolve_checkpoint(args.checkpoint)
     try:
         model = LanguageModel.load(ckpt)
     except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot load {ckpt}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot load {ckpt}: {first_line(e)}") from None
     vocab = model.config.vocab_size
     tok_file = os.path.join(ckpt, "tokenizer.json")
     if os.path.isfile(tok_file):
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(tok_file)
+        verify_checksums(ckpt, ["tokenizer.json"])
+        try:
+            tok = Tokenizer.from_file(tok_file)
+        except Exception as e:  # tokenizers raises its own exception type for a damaged file
+            raise UsageError(f"cannot read {tok_file}: {first_line(e)}") from None
         ids = tok.encode(args.prompt).ids
         decode = lambda xs: tok.decode(xs, skip_special_tokens=False)  # noqa: E731
     else:
@@ -282,7 +414,9 @@ def cmd_bench(argv: List[str]) -> int:
 
     try:
         code = bench_main(argv)
-    except SystemExit as e:  # its argparse: --help or a usage error
+    except SystemExit as e:  # its argparse: --help or a usage error (a message: not printed yet)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return int(code or 0)
 

@@ -35,7 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from .checkpoint import (CheckpointError, clean_debris, latest_checkpoint, load_checkpoint, save_checkpoint,
+                         write_atomic, write_run_marker)
 from .config import ConfigError
 from .data.common import IGNORE_INDEX
 from .defaults import TRAIN
@@ -101,24 +102,38 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> "TrainConfig":
+        """Every value's type and range; a ConfigError naming the option otherwise."""
         if self.steps is None and self.epochs is None:
             raise ConfigError("give steps or epochs")
         for name in ("steps", "epochs"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and not _is_int(v, 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not _is_int(self.batch_size, 1):
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         for name in _FLOAT_FIELDS:
             v = getattr(self, name)
-            if not (v is None and name == "early_stop_at") and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ConfigError(f"{name} must be a number, got {v!r}")
-        if not (self.lr > 0 and self.min_lr >= 0):
-            raise ConfigError(f"need lr > 0 and min_lr >= 0, got lr={self.lr}, min_lr={self.min_lr}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every"):
+            if v is None and name == "early_stop_at":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must lie in [0, lr={self.lr}] (the cosine decays to it), got {self.min_lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "seed"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
+            if not _is_int(v, 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("lr_per_epoch", "eval_each_epoch", "save_checkpoints", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not isinstance(self.early_stop_metric, str) or not self.early_stop_metric.startswith("val_"):
@@ -127,12 +142,31 @@ class TrainConfig:
         return self
 
 
+def _is_int(v, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
 _FLOAT_FIELDS = ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "early_stop_at")
 # early_stop_metric names of run.yaml files written when the test metrics were called acc and
 # macro_acc (and early stopping read them): today the same metric on the validation split
 _OLD_METRIC_NAMES = {"acc": "val_acc", "macro_acc": "val_macro_acc"}
 # metrics where lower is better: early stopping waits for them to fall to early_stop_at
 _LOWER_IS_BETTER = ("loss", "bpb")
+
+# What `resume` does with a training option that differs from the checkpoint's (docs: Trainer).
+# Refused: the run's past would not match what run.yaml then says.
+RESUME_REFUSED = {
+    "batch_size": "the sampler's position and every step so far count batches of the old size",
+    "seed": "the model, sampler and RNG states come from the checkpoint, so a new seed would change nothing",
+    "early_stop_metric": "the run's evaluations were judged by the old rule",
+    "early_stop_at": "the run's evaluations were judged by the old rule",
+}
+# Applied from the resume step on: the learning-rate schedule is rebuilt from the new values
+# (its cosine then runs to the new last step), the optimizer takes the new betas and decay.
+RESUME_SCHEDULE = ("steps", "epochs", "lr", "min_lr", "warmup_steps", "lr_per_epoch")
+RESUME_OPTIMIZER = ("weight_decay", "beta1", "beta2")
+# Not recorded: how the run is displayed
+RESUME_IGNORED = ("progress",)
 
 
 class CosineSchedule:
@@ -199,8 +233,13 @@ class Trainer:
     """Train ``task`` with a model built from ``model_cfg``.
 
     out_dir: where metrics.jsonl and checkpoints go (None: nothing is written).
-    resume: continue from the newest checkpoint in out_dir (error if there is none, or if it
-        was made for another model config or task).
+    resume: continue from the newest checkpoint in out_dir (error if there is none, if it is
+        damaged, or if it was made for another model config, task or sequence length). Training
+        options that differ from the checkpoint's: ``RESUME_REFUSED`` ones are an error; the
+        others apply from the resume step on (a changed length or learning rate rebuilds the
+        schedule, whose cosine then ends at the new last step; new betas or weight decay go to
+        the optimizer) and are listed in ``resume_changes`` and in a ``resume`` record of
+        metrics.jsonl.
     """
 
     def __init__(self, model_cfg: ModelConfig, task, cfg: TrainConfig, out_dir: Optional[str] = None,
@@ -208,6 +247,8 @@ class Trainer:
         # -- setup: processes, device, and a task the model can take
         self.cfg, self.task, self.model_cfg, self.out_dir = cfg.validate(), task, model_cfg, out_dir
         self.rank, self.world = _rank_world()
+        if out_dir is not None and self.rank == 0:
+            clean_debris(out_dir)  # what a killed checkpoint write left
         if cfg.batch_size % self.world:
             raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} processes")
         self.device = _pick_device(cfg.device)
@@ -227,6 +268,8 @@ class Trainer:
         self.evals = []  # eval records so far
         self.stopped_early = False
         self.last_checkpoint = None
+        self.resume_changes = {}  # option -> [checkpoint's value, this run's]: what a resume changed
+        self._fresh_log = not resume  # a fresh run starts a fresh log at its first record
         # what training has cost so far (carried across resumes)
         self.tokens_seen, self.wall_s, self.step_s = 0, 0.0, 0.0
         self._fit_start, self._wall_before = None, 0.0  # set while fit() runs
@@ -234,8 +277,6 @@ class Trainer:
         self._flops_per_token = 3.0 * forward_flops_per_token(model_cfg, task.seq_len, dense_params(self.model))
         if resume:
             self._resume()
-        else:
-            self._start_metrics_log()
 
     # -- setup -----------------------------------------------------------------------------------
     def _check_task_fits_model(self) -> None:
@@ -258,7 +299,9 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------
     def _count_steps(self) -> int:
-        if self.cfg.epochs is not None and self.steps_per_epoch is not None:
+        if self.cfg.epochs is not None and self.steps_per_epoch is None:
+            raise ConfigError(f"task {self.task.name} has no epochs (no fixed training set): give steps, not epochs")
+        if self.cfg.epochs is not None:
             return self.cfg.epochs * self.steps_per_epoch
         if self.cfg.steps is not None:
             return self.cfg.steps
@@ -279,28 +322,42 @@ class Trainer:
 
     # -- resume ----------------------------------------------------------------------------------
     def _resume(self) -> None:
+        """Load the newest checkpoint; options that differ from the checkpoint's are refused or
+        applied (``RESUME_*``), and what changed is logged and kept in ``resume_changes``."""
         if self.out_dir is None:
             raise CheckpointError("resume needs an output directory")
         ckpt = latest_checkpoint(self.out_dir)
         if ckpt is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.out_dir}")
         state = load_checkpoint(ckpt, self.task, self.model, self.model_cfg, self.device)
+        step = int(state["step"])
+        changes = self._check_resume(state, step)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        for name in RESUME_OPTIMIZER:
+            if name in changes:  # load_state_dict brought the checkpoint's values back
+                self._set_optimizer_options()
+                break
+        if not any(name in changes for name in RESUME_SCHEDULE):
+            self.schedule.load_state_dict(state["schedule"])  # else: the new settings' schedule
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.step = int(state["step"])
+        self.step = step
         self.evals = list(state["evals"])
         self.stopped_early = bool(state["stopped_early"])
         cost = state.get("cost") or {}  # absent in checkpoints written before it was recorded
         self.tokens_seen = int(cost.get("tokens", self.step * self.cfg.batch_size * self.task.seq_len))
         self.wall_s, self.step_s = float(cost.get("wall_s", 0.0)), float(cost.get("step_s", 0.0))
         self.last_checkpoint = ckpt
-        if self.rank == 0 and os.path.exists(self._metrics_path):
+        self.resume_changes = changes
+        if self.rank == 0:
+            write_run_marker(self.out_dir)  # the checkpoint loaded: this run folder is hypermlp's
             # drop what the interrupted run logged after its last checkpoint
-            kept = [r for r in read_metrics(self._metrics_path) if r.get("step", 0) <= self.step]
+            kept = []
+            if os.path.exists(self._metrics_path):
+                kept = [r for r in read_metrics(self._metrics_path) if r.get("step", 0) <= self.step]
+            kept.append({"type": "resume", "step": self.step, "checkpoint": ckpt, "changed": changes})
 
             def rewrite(tmp):
                 with open(tmp, "w") as f:
@@ -308,19 +365,53 @@ class Trainer:
 
             write_atomic(self._metrics_path, rewrite)
 
+    def _check_resume(self, state: dict, step: int) -> dict:
+        """The options that differ from the checkpoint's, as {name: [old, new]}; a ConfigError
+        for one that cannot change (``RESUME_REFUSED``) or a run that would end before ``step``."""
+        if "seq_len" in state and state["seq_len"] != self.task.seq_len:
+            raise ConfigError(f"--resume cannot change the task's seq_len (the run used {state['seq_len']}, "
+                              f"now {self.task.seq_len})")
+        old = dict(state.get("train_config") or {})
+        if old.get("early_stop_metric") in _OLD_METRIC_NAMES:
+            old["early_stop_metric"] = _OLD_METRIC_NAMES[old["early_stop_metric"]]
+        new = asdict(self.cfg)
+        changes = {k: [old[k], new[k]] for k in new if k in old and old[k] != new[k] and k not in RESUME_IGNORED}
+        for name, why in RESUME_REFUSED.items():
+            if name in changes:
+                raise ConfigError(f"--resume cannot change {name} (the run used {changes[name][0]!r}, now "
+                                  f"{changes[name][1]!r}): {why}; start a new run instead")
+        if self.total_steps < step:
+            raise ConfigError(f"--resume with steps={self.total_steps} would end before the run's position: "
+                              f"it is already at step {step}")
+        if bool(state.get("stopped_early")) and ("steps" in changes or "epochs" in changes):
+            raise ConfigError(f"the run stopped early at step {step} ({self.cfg.early_stop_metric} reached "
+                              f"{self.cfg.early_stop_at}); resuming it would not train further")
+        return changes
+
+    def _set_optimizer_options(self) -> None:
+        decay, no_decay = self.optimizer.param_groups
+        decay["weight_decay"] = self.cfg.weight_decay
+        no_decay["weight_decay"] = 0.0
+        for group in self.optimizer.param_groups:
+            group["betas"] = (self.cfg.beta1, self.cfg.beta2)
+
     # -- metrics log -----------------------------------------------------------------------------
     @property
     def _metrics_path(self) -> str:
         return os.path.join(self.out_dir, "metrics.jsonl")
 
-    def _start_metrics_log(self) -> None:
-        if self.out_dir is not None and self.rank == 0:
+    def _begin_run_folder(self) -> None:
+        """At a fresh run's first write: the folder, its marker, an empty log."""
+        if self._fresh_log and self.out_dir is not None and self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
-            open(self._metrics_path, "w").close()  # a fresh run starts a fresh log
+            write_run_marker(self.out_dir)
+            open(self._metrics_path, "w").close()
+        self._fresh_log = False
 
     def _log(self, record: dict) -> None:
         if self.out_dir is None or self.rank != 0:
             return
+        self._begin_run_folder()
         with open(self._metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -478,12 +569,14 @@ class Trainer:
             "cost": {"tokens": self.tokens_seen, "wall_s": self.cost()["train_wall_s"], "step_s": self.step_s},
             "train_config": asdict(self.cfg),
             "task": self.task.name,
+            "seq_len": self.task.seq_len,
         }
 
     def save_checkpoint(self) -> Optional[str]:
         if self.out_dir is None or not self.cfg.save_checkpoints:
             return None
         if self.rank == 0:
+            self._begin_run_folder()
             self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.task, self.model, self._state())
         if self.world > 1:
             dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume

@@ -19,7 +19,7 @@ def test_train_then_generate(tmp_path, corpus, capsys):
     assert final["val_loss"] > 0 and final["val_bpb"] > 0
     ckpt = latest_checkpoint(str(out))
     assert ckpt.endswith("step-00000012")
-    assert sorted(os.listdir(ckpt)) == ["config.json", "model.safetensors", "trainer_state.pt"]
+    assert sorted(os.listdir(ckpt)) == ["checksums.json", "config.json", "model.safetensors", "trainer_state.pt"]
     capsys.readouterr()
 
     args = ["generate", "--checkpoint", str(out), "--prompt", "def f1", "--max-new-tokens", "20", "--temperature", "0"]
@@ -58,6 +58,7 @@ def test_mismatched_checkpoint_is_refused_and_left_alone(tmp_path, corpus, capsy
     cfg["d_model"] = 48
     json.dump(cfg, open(cfg_path, "w"))
     tampered = snapshot(out)
-    assert_one_line_error(capsys, main(["generate", "--checkpoint", ckpt, "--prompt", "x"]), "does not match")
+    assert_one_line_error(capsys, main(["generate", "--checkpoint", ckpt, "--prompt", "x"]), "does not match",
+                          "embed.weight")
     assert_one_line_error(capsys, main(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"]), "no such")
     assert snapshot(out) == tampered

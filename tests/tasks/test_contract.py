@@ -79,7 +79,8 @@ def test_the_trainer_trains_checkpoints_and_resumes_any_model_through_the_contra
     straight.fit()
     assert straight.task.calls["loss"] == 8 + 2 and straight.task.calls["save"] == 2  # 8 steps, 1 val + 1 test batch
     ckpt = latest_checkpoint(str(tmp_path / "a"))
-    assert sorted(os.listdir(ckpt)) == ["config.json", "model.safetensors", "scale.json", "trainer_state.pt"]
+    assert sorted(os.listdir(ckpt)) == ["checksums.json", "config.json", "model.safetensors", "scale.json",
+                                        "trainer_state.pt"]
     assert float(json.load(open(os.path.join(ckpt, "scale.json")))) == straight.model.scale.item()
     assert LanguageModel.load(ckpt).config == tiny_cfg()  # the task's language model is what is stored
 

@@ -43,7 +43,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_partial_one(tmp_path):
 def test_language_model_save_is_atomic_and_loads_back(tmp_path):
     model = LanguageModel(tiny_cfg())
     model.save(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["checksums.json", "config.json", "model.safetensors"]
     again = LanguageModel.load(str(tmp_path))
     assert again.config == model.config
     assert all((a == b).all() for a, b in zip(model.state_dict().values(), again.state_dict().values()))
@@ -119,6 +119,7 @@ def test_old_norm_eps_key_still_loads(tmp_path):
     saved = json.load(open(os.path.join(ckpt, "config.json")))
     saved["norm_eps"] = saved.pop("rmsnorm_eps")
     json.dump(saved, open(os.path.join(ckpt, "config.json"), "w"))
+    os.remove(os.path.join(ckpt, "checksums.json"))  # nor did checkpoints of that time record checksums
     assert LanguageModel.load(ckpt).config == tiny_cfg()
     resumed = Trainer(tiny_cfg(), recall_task(), TrainConfig(steps=6, batch_size=16, device="cpu"),
                       out_dir=str(tmp_path), resume=True)
@@ -128,3 +129,55 @@ def test_old_norm_eps_key_still_loads(tmp_path):
     other.rmsnorm_eps = 1e-3
     with pytest.raises(CheckpointError, match="rmsnorm_eps"):
         Trainer(other, recall_task(), train_cfg, out_dir=str(tmp_path), resume=True)
+
+
+def test_a_shape_mismatch_names_the_tensors(tmp_path):
+    LanguageModel(tiny_cfg()).save(str(tmp_path))
+    cfg = json.load(open(tmp_path / "config.json"))
+    cfg["mlp_hidden"] = 64  # the saved SwiGLU is 96 wide
+    json.dump(cfg, open(tmp_path / "config.json", "w"))
+    with pytest.raises(ValueError) as e:
+        LanguageModel.load(str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and "blocks.0.mlp.gate_up.weight" in msg and "(192, 32)" in msg and "(128, 32)" in msg
+
+
+def test_a_checkpoint_is_durable_before_it_is_named_and_the_old_one_goes_last(tmp_path, monkeypatch):
+    """Every file and the folder are fsync'd before the rename; the pointer moves next; the
+    previous checkpoint is removed only after that."""
+    import hypermlp.checkpoint as ck
+
+    events = []
+    real_fsync, real_replace, real_rmtree = os.fsync, os.replace, ck.shutil.rmtree
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to name the file an fsync is for")
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b))[1])
+    monkeypatch.setattr(ck.shutil, "rmtree", lambda p, **k: (events.append(("rmtree", str(p))), real_rmtree(p, **k))[1])
+    cfg = TrainConfig(steps=4, batch_size=16, ckpt_every=2, device="cpu", progress=False)
+    Trainer(tiny_cfg(), recall_task(), cfg, out_dir=str(tmp_path)).fit()
+    root = str(tmp_path / "checkpoints")
+    i = next(k for k, e in enumerate(events) if e[0] == "replace" and e[2] == os.path.join(root, "step-00000004"))
+    tmp = events[i][1]
+    synced = {os.path.basename(e[1]) for e in events[:i] if e[0] == "fsync" and os.path.dirname(e[1]) == tmp}
+    assert synced >= {"model.safetensors", "config.json", "trainer_state.pt", "checksums.json"}
+    assert ("fsync", tmp) in events[:i]  # the folder itself
+    j = next(k for k, e in enumerate(events) if k > i and e[0] == "replace" and e[2] == os.path.join(root, "latest"))
+    gone = next(k for k, e in enumerate(events) if e == ("rmtree", os.path.join(root, "step-00000002")))
+    assert i < j < gone
+
+
+def test_saving_again_at_the_step_of_the_latest_checkpoint_never_leaves_none(tmp_path):
+    from hypermlp.checkpoint import save_checkpoint
+
+    trainer = Trainer(tiny_cfg(), recall_task(), TrainConfig(steps=2, batch_size=16, device="cpu"), out_dir=str(tmp_path))
+    trainer.fit()
+    first = latest_checkpoint(str(tmp_path))
+    again = save_checkpoint(str(tmp_path), 2, trainer.task, trainer.model, trainer._state())
+    assert again != first and latest_checkpoint(str(tmp_path)) == again and not os.path.exists(first)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", os.path.basename(again)]

@@ -57,8 +57,13 @@ def _names(allowed: List[str]):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hypermlp bench",
         description="Speed/memory benchmarks of the mixers: layer, decode, lm (see benchmarks/README.md).",
     )

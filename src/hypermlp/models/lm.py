@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import write_atomic, write_json_atomic
+from ..checkpoint import (CheckpointError, first_line, load_weights, verify_checksums, write_atomic,
+                          write_checksums, write_json_atomic)
 from ..config import ConfigError
 from ..data.common import IGNORE_INDEX
 from ..registry import get_mixer
@@ -182,29 +183,33 @@ class LanguageModel(nn.Module):
 
     # -- persistence: safetensors weights + JSON config beside them --------------------------
     def save(self, directory: str) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically."""
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically,
+        and the weights' sha256 in ``checksums.json`` (``load`` verifies it)."""
         from safetensors.torch import save_model
 
         os.makedirs(directory, exist_ok=True)
         write_atomic(os.path.join(directory, "model.safetensors"), lambda tmp: save_model(self, tmp))
         write_json_atomic(os.path.join(directory, "config.json"), self.config.to_dict())
+        write_checksums(directory, ["model.safetensors"])
 
     @classmethod
     def load(cls, directory: str, map_location: str = "cpu") -> "LanguageModel":
-        from safetensors.torch import load_model
-
+        """The model saved in ``directory``. A damaged file (checksum), a config that does not
+        describe the weights (the tensors are named) or weights that are not finite raise a
+        ``CheckpointError`` (a ValueError)."""
         cfg_path = os.path.join(directory, "config.json")
         weights = os.path.join(directory, "model.safetensors")
         for p in (cfg_path, weights):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"checkpoint is missing {p}")
-        with open(cfg_path) as f:
-            cfg = ModelConfig.from_dict(json.load(f))
-        model = cls(cfg)
+        verify_checksums(directory, ["model.safetensors"])
         try:
-            load_model(model, weights, strict=True, device=map_location)
-        except Exception as e:  # safetensors raises several types for corrupt/mismatched files
-            raise ValueError(f"checkpoint {weights} does not match its config: {e}".splitlines()[0]) from e
+            with open(cfg_path) as f:
+                cfg = ModelConfig.from_dict(json.load(f))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"cannot read {cfg_path}: {first_line(e)}") from None
+        model = cls(cfg)
+        load_weights(model, weights, map_location, misfit="does not match its config")
         return model
 
 

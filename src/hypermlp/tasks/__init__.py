@@ -78,7 +78,7 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
     if kind == "lm":
         from ..data.text import load_corpus
 
-        s = _merge_known(LM_DATA, data, "lm data")
+        s = _check_lm_data(_merge_known(LM_DATA, data, "lm data"))
         corpus = load_corpus(
             s["path"], tokenizer=s["tokenizer"], bpe_vocab_size=s["bpe_vocab_size"],
             val_fraction=s["val_fraction"], cache_dir=cache_dir or default_cache_dir(),
@@ -103,6 +103,27 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: {e}") from None
     return task_from_data(task_data, label=name), s
+
+
+def _check_lm_data(s: dict) -> dict:
+    """Every ``lm`` data setting's type and range (a ConfigError naming it), before any reading."""
+    def is_int(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    if s["path"] is not None and not isinstance(s["path"], str):
+        raise ConfigError(f"lm data path must be a file or folder name, got {s['path']!r}")
+    if s["tokenizer"] not in ("byte", "bpe"):
+        raise ConfigError(f"lm data tokenizer must be byte or bpe, got {s['tokenizer']!r}")
+    for name, lo, optional in (("seq_len", 1, False), ("eval_windows", 1, True), ("max_bytes", 1, True),
+                               ("bpe_vocab_size", 257, False), ("seed", 0, False)):
+        v = s[name]
+        if not (optional and v is None) and not is_int(v, lo):
+            what = " (or null)" if optional else ""
+            raise ConfigError(f"lm data {name} must be an integer >= {lo}{what}, got {v!r}")
+    v = s["val_fraction"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise ConfigError(f"lm data val_fraction must be a number in (0, 1), got {v!r}")
+    return s
 
 
 def _held_out(s: dict) -> dict:
