@@ -21,7 +21,7 @@ def test_defaults_are_filled_in():
     s = load_suite(suite_with())
     assert isinstance(s, Suite) and isinstance(s.tasks[0], TaskEntry)
     assert s.mixers == tuple(mixer_names())  # every registered mixer, registry order
-    assert s.seeds == (0,) and s.workers == 1 and s.threads_per_worker >= 1 and s.device == "auto"
+    assert s.seeds == (0, 1, 2) and s.workers == 1 and s.threads_per_worker >= 1 and s.device == "auto"
     assert s.model == {} and s.budget == {} and s.named_mixers == {} and s.cache_dir
     t = s.tasks[0]
     assert (t.kind, t.label, t.preset) == ("mad", "in_context_recall", "quick")

@@ -3,9 +3,11 @@
 Flow (one module each): the YAML is checked into a ``Suite`` (suite.py) -> every task entry's data
 settings, each with its models at matched budgets (settings.py; vocabulary and length change the
 count) -> one training job per (setting, mixer, seed, grid point), run in a pool of worker
-processes (jobs.py) -> the best grid point per (setting, mixer, seed), the settings of a task
-averaged, mean ± std over seeds (aggregate.py) -> report.md, results.json, loss_curves.png and
-scores.png (report.py). ``run_compare`` (run.py) strings them together.
+processes (jobs.py) -> per (setting, mixer, seed) the grid point with the best *validation*
+score, the kept runs' test scores, the settings of a task averaged per seed, then over seeds
+with a 95% t-interval and the per-seed values (aggregate.py, stats.py) -> the claims check of
+the paper's design study (claims.py) -> report.md, results.json, loss_curves.png and scores.png
+(report.py). ``run_compare`` (run.py) strings them together.
 
 A mixer of the suite is a registered mixer (``hypermlp.registry``), a variant name of the paper's
 design study (``R-cg-q-12o``, ``hypermlp.variants``), or a named mixer: one of those with
@@ -16,7 +18,7 @@ Suite config (YAML, see configs/demo.yaml)::
     mixers: [softmax, softmax_conv, relu, hypermlp, hyperglu]
     variants:                             # optional: named mixers with their own arguments
       softmax_conv: {mixer: softmax, mixer_args: {conv_size: 4}}
-    seeds: [0, 1]
+    seeds: [0, 1, 2]                      # default: three (a t-interval needs two; one says n=1)
     workers: 2
     threads_per_worker: 1
     model: {d_model: 64, n_layers: 2, mixer_args: {n_heads: 2}}
@@ -32,14 +34,17 @@ Suite config (YAML, see configs/demo.yaml)::
         grid: {lr: [1e-3], weight_decay: [0.0]}
 """
 
-from .aggregate import Aggregate, RunKey, aggregate
+from .aggregate import REPORT_METRICS, SELECT_METRIC, Aggregate, RunKey, aggregate
+from .claims import CLAIMS, Claim, ClaimResult, check_claims
 from .jobs import Job, JobResult, expand_jobs, run_job
 from .run import run_compare
 from .settings import Setting, TaskPlan, plan_tasks
+from .stats import Estimate, estimate
 from .suite import DEFAULT_SUITE, Grid, NamedMixer, Suite, TaskEntry, load_suite
 
 __all__ = [
     "run_compare", "load_suite", "DEFAULT_SUITE",
     "Suite", "NamedMixer", "TaskEntry", "Grid", "Setting", "TaskPlan", "Job", "JobResult", "RunKey", "Aggregate",
-    "plan_tasks", "expand_jobs", "run_job", "aggregate",
+    "plan_tasks", "expand_jobs", "run_job", "aggregate", "check_claims", "estimate", "Estimate",
+    "SELECT_METRIC", "REPORT_METRICS", "CLAIMS", "Claim", "ClaimResult",
 ]

@@ -8,13 +8,14 @@ import os
 import time
 
 from ..machine import machine_info
-from .aggregate import aggregate
+from .aggregate import REPORT_METRICS, SELECT_METRIC, aggregate
 from .jobs import JobResult, expand_jobs, run_jobs
 from .report import summary_table, write_plots, write_report, write_results
 from .settings import plan_tasks
 from .suite import Suite
 
-PROGRESS_METRICS = ("acc", "macro_acc", "val_loss", "val_bpb")
+# what each finished run prints: the selection metric, then the reported ones
+PROGRESS_METRICS = tuple(dict.fromkeys([*SELECT_METRIC.values(), *(m for ms in REPORT_METRICS.values() for m in ms)]))
 
 
 def run_compare(suite: Suite, out_dir: str, config_text: str = "", command: str = "hypermlp compare",

@@ -9,14 +9,19 @@ so that bad data settings surface before any training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
 
 from ..budget import count_params, format_budget_table, match_budgets
 from ..config import ConfigError
+from ..data.common import IGNORE_INDEX
 from ..data.mad import mad_setting_label, mad_settings
 from ..models import ModelConfig
+from ..registry import get_mixer
 from ..tasks import build_task
+from ..variants import variant_name
 from .suite import Suite, TaskEntry
 
 
@@ -32,6 +37,12 @@ class Setting:
     steps: int  # training steps of one run, 0 when unknown (a hint for scheduling)
     models: Dict[str, ModelConfig]  # suite mixer name -> its matched model
     budget_rows: List[dict]  # match_budgets' report rows
+    # accuracy of the best constant guess (the commonest target: plain; any one class: macro),
+    # from the validation targets; empty for the LM
+    chance: Dict[str, float] = field(default_factory=dict)
+    # suite mixer name -> the variant name its model has before matching (hypermlp ->
+    # R-cg-q-12o), None where its arguments have none; the claims check reads it
+    designs: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,38 @@ def plan_tasks(suite: Suite, log=print) -> List[TaskPlan]:
             base = {name: _model_config(suite, entry, name, task.vocab_size, task.seq_len) for name in suite.mixers}
             matched, rows = match_budgets(base, **_budget_args(suite.budget, base))
             settings.append(Setting(index=i, data=data, label=label, vocab_size=task.vocab_size, seq_len=task.seq_len,
-                                    steps=_steps(entry, task), models=matched, budget_rows=rows))
+                                    steps=_steps(entry, task), models=matched, budget_rows=rows,
+                                    chance=chance_levels(task),
+                                    designs={name: design_name(cfg) for name, cfg in base.items()}))
             log(f"\n[budget] {budget_key(entry, settings[-1])}\n{format_budget_table(rows)}")
         plans.append(TaskPlan(entry, tuple(settings)))
     return plans
+
+
+def design_name(cfg: ModelConfig) -> Optional[str]:
+    """The variant name (``hypermlp.variants``) of a model's mixer with its arguments, before
+    budget matching: what the model is in the paper's naming, whatever the suite calls it."""
+    try:
+        spec = get_mixer(cfg.mixer)
+        args = spec.layer_args(cfg.d_model, dict(cfg.mixer_args or {}))
+        return variant_name(spec.base, cfg.d_model, args, spec.overparameterised)
+    except ConfigError:
+        return None
+
+
+def chance_levels(task) -> Dict[str, float]:
+    """Accuracy of the best constant prediction on a token task, from its validation targets
+    (same distribution as the test split, whose labels nothing here reads): plain = the share of
+    the commonest target, macro = one over the number of target classes. Empty for the LM."""
+    data = getattr(task, "data", None)
+    targets = getattr(data, "val_targets", None)
+    if targets is None:
+        return {}
+    kept = targets[targets != IGNORE_INDEX].long()
+    if kept.numel() == 0:
+        return {}
+    counts = torch.bincount(kept)
+    return {"test_acc": float(counts.max()) / kept.numel(), "test_macro_acc": 1.0 / int((counts > 0).sum())}
 
 
 def data_settings(entry: TaskEntry) -> List[dict]:

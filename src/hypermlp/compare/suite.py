@@ -35,6 +35,7 @@ DEFAULT_SUITE = {
     "model": {"d_model": 64, "n_layers": 2, "mixer_args": {"n_heads": 2}},
 }
 
+DEFAULT_SEEDS = (0, 1, 2)  # three seeds unless the config says otherwise: enough for a t-interval
 SUITE_KEYS = {"mixers", "variants", "seeds", "workers", "threads_per_worker", "model", "budget", "tasks", "cache_dir", "device"}
 TASK_KEYS = {"task", "label", "preset", "data", "train", "grid", "model"}
 BUDGET_KEYS = {"rule", "reference", "target", "tol", "qk_max_factor"}
@@ -134,7 +135,7 @@ def load_suite(cfg: dict) -> Suite:
         entries.append(entry)
     return Suite(
         mixers=mixers,
-        seeds=_seeds(cfg.get("seeds") or [0]),
+        seeds=_seeds(cfg.get("seeds") or list(DEFAULT_SEEDS)),
         workers=_int(cfg.get("workers") or 1, "workers"),
         threads_per_worker=_int(cfg.get("threads_per_worker") or max(1, torch.get_num_threads()), "threads_per_worker"),
         model=model,
