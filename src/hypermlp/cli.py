@@ -1,4 +1,4 @@
-"""Command line: ``hypermlp train | compare | generate | bench``.
+"""Command line: ``hypermlp train | compare | generate | export-hf | eval | bench``.
 
 Every user mistake (unknown task or mixer, a value of the wrong type or out of range, a config
 section of the wrong shape, unreadable or empty data, a damaged checkpoint or one that does not
@@ -407,6 +407,65 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export-hf, eval
+def _import_hf(command: str):
+    """``hypermlp.hf``, or a UsageError saying how to install the ``hf`` extra."""
+    try:
+        import hypermlp.hf as hf
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise UsageError(f"hypermlp {command} needs the hf extra ({e.name or e}): pip install 'hypermlp[hf]'") from None
+    hf_logging.disable_progress_bar()  # one summary line instead of per-file bars
+    return hf
+
+
+def cmd_export_hf(args) -> int:
+    hf = _import_hf("export-hf")
+    info = hf.export_run(args.checkpoint, args.out, force=args.force)
+    tok = info["tokenizer"] or "none (not a text model)"
+    print(f"hypermlp export-hf: {info['checkpoint']} -> {info['out']} | {info['mixer']} | {info['params']:,} params | "
+          f"vocab {info['vocab_size']} | max_len {info['max_len']} | tokenizer: {tok}")
+    print(f"load it with AutoModelForCausalLM.from_pretrained({info['out']!r}, trust_remote_code=True)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    import torch
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise UsageError("--tasks expects a comma-separated list of lm-eval task names")
+    if args.limit is not None and not (math.isfinite(args.limit) and args.limit > 0):
+        raise UsageError(f"--limit must be a positive number (examples per task, or a fraction < 1), got {args.limit}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise UsageError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no GPU is available")
+    if not os.path.exists(args.checkpoint):
+        raise UsageError(f"no such checkpoint folder: {args.checkpoint}")
+    device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
+    _import_hf("eval")
+    try:
+        from hypermlp.hf.evaluate import evaluate, results_table
+    except ImportError as e:
+        raise UsageError(f"hypermlp eval needs lm-eval ({e.name or e}): pip install 'hypermlp[hf]'") from None
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = evaluate(args.checkpoint, tasks, include_path=args.include_path, limit=limit,
+                       batch_size=args.batch_size, device=device, num_fewshot=args.num_fewshot, seed=args.seed)
+    print(results_table(results))
+    if args.output:
+        keep = {k: results[k] for k in ("results", "groups", "configs", "versions", "n-shot", "n-samples")
+                if k in results}
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(keep, f, indent=2, default=str)
+        print(f"results: {args.output}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(argv: List[str]) -> int:
     """``hypermlp bench ...`` is ``python -m hypermlp.bench ...`` (its own parser and --help)."""
@@ -467,6 +526,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export-hf", help="convert a trained run into a Hugging Face model folder",
+                       description="Convert a `hypermlp train` run (its newest checkpoint) or a checkpoint folder into "
+                                   "a Hugging Face folder (safetensors, config with auto_map, tokenizer) that "
+                                   "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) loads. Needs the "
+                                   "hf extra.")
+    p.add_argument("--checkpoint", required=True, help="a run folder (uses its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, help="the Hugging Face folder to write")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("eval", help="lm-evaluation-harness tasks on a model",
+                       description="Run lm-evaluation-harness tasks on a model of ours (an export-hf folder, or a "
+                                   "train run, exported on the fly); prints the harness's table. Needs the hf extra.")
+    p.add_argument("--checkpoint", required=True, help="an export-hf folder, a run folder or a checkpoint folder")
+    p.add_argument("--tasks", required=True, help="comma list of lm-eval task names")
+    p.add_argument("--include-path", help="a folder of task YAML files (local tasks)")
+    p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="write the results as JSON to this file")
+    p.set_defaults(func=cmd_eval)
 
     sub.add_parser("bench", help="speed/memory benchmarks (hypermlp bench --help)", add_help=False)
     return parser
