@@ -7,7 +7,8 @@ from hypermlp.checkpoint import latest_checkpoint
 from hypermlp.cli import main
 from hypermlp.train import read_metrics
 
-from .helpers import assert_one_line_error, lm_args, snapshot
+from ..helpers import assert_one_line_error, snapshot
+from .helpers import lm_args
 
 
 def test_train_then_generate(tmp_path, corpus, capsys):

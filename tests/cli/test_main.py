@@ -4,7 +4,7 @@ import pytest
 
 from hypermlp.cli import main
 
-from .helpers import assert_one_line_error
+from ..helpers import assert_one_line_error
 
 
 def test_help_for_every_subcommand(capsys):

@@ -9,7 +9,8 @@ from hypermlp.checkpoint import latest_checkpoint
 from hypermlp.cli import main
 from hypermlp.train import read_metrics
 
-from .helpers import assert_one_line_error, lm_args, snapshot
+from ..helpers import assert_one_line_error, snapshot
+from .helpers import lm_args
 
 
 def test_yaml_config_with_flag_overrides(tmp_path, corpus):

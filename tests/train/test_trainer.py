@@ -10,7 +10,7 @@ import torch
 
 from hypermlp.config import ConfigError
 from hypermlp.models import LanguageModel
-from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint, read_metrics
+from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint
 
 from .helpers import eval_records, recall_task, tiny_cfg, train_losses
 
