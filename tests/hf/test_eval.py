@@ -8,7 +8,7 @@ import pytest
 
 from hypermlp.cli import main
 
-from ..cli.helpers import assert_one_line_error
+from ..helpers import assert_one_line_error
 
 pytest.importorskip("lm_eval")
 

@@ -15,7 +15,7 @@ from hypermlp.data.text import load_corpus
 from hypermlp.hf import HyperMLPForCausalLM
 from hypermlp.models import LanguageModel
 
-from ..cli.helpers import assert_one_line_error, snapshot
+from ..helpers import assert_one_line_error, snapshot
 from .helpers import model_config
 
 
