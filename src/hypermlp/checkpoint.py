@@ -43,6 +43,7 @@ __all__ = [
     "write_json_atomic",
     "save_checkpoint",
     "latest_checkpoint",
+    "resolve_model_folder",
     "load_checkpoint",
     "load_weights",
     "write_checksums",
@@ -259,6 +260,20 @@ def latest_checkpoint(out_dir: str) -> Optional[str]:
         if d.startswith("step-") and os.path.isfile(os.path.join(root, d, STATE_FILE))
     )
     return os.path.join(root, done[-1]) if done else None
+
+
+def resolve_model_folder(path: str) -> str:
+    """The folder holding a LanguageModel (config.json + model.safetensors): ``path`` itself, or
+    the newest checkpoint of the run folder ``path``. A CheckpointError naming ``path`` otherwise."""
+    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
+        return path
+    if not os.path.isdir(path):
+        raise CheckpointError(f"no such checkpoint folder: {path}")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(
+            f"{path} holds no checkpoint (expected config.json + model.safetensors, or a `hypermlp train` run folder)")
+    return ckpt
 
 
 def _pointer(root: str) -> Optional[str]:

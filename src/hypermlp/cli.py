@@ -341,16 +341,12 @@ def cmd_compare(args) -> int:
 
 # ----------------------------------------------------------------------------- generate
 def _resolve_checkpoint(path: str) -> str:
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import CheckpointError, resolve_model_folder
 
-    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
-        return path
-    if not os.path.isdir(path):
-        raise UsageError(f"no such checkpoint folder: {path}")
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise UsageError(f"{path} holds no checkpoint (expected config.json + model.safetensors, or a run folder)")
-    return ckpt
+    try:
+        return resolve_model_folder(path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_generate(args) -> int:

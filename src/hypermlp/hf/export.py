@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from ..checkpoint import CheckpointError, first_line, latest_checkpoint, verify_checksums
+from ..checkpoint import CheckpointError, first_line, resolve_model_folder, verify_checksums
 from .configuration import MODEL_TYPE, HFCheckpointError
 
 __all__ = ["export_run", "resolve_run_checkpoint", "is_hf_folder"]
@@ -38,15 +38,10 @@ def resolve_run_checkpoint(path: str) -> str:
     if is_hf_folder(path):
         raise HFCheckpointError(f"{path} is already a Hugging Face folder (model type {MODEL_TYPE!r}); "
                                 "load it with AutoModelForCausalLM.from_pretrained")
-    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "model.safetensors")):
-        return path
-    if not os.path.isdir(path):
-        raise HFCheckpointError(f"no such checkpoint folder: {path}")
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise HFCheckpointError(f"{path} holds no checkpoint (expected config.json + model.safetensors, or a "
-                                "`hypermlp train` run folder)")
-    return ckpt
+    try:
+        return resolve_model_folder(path)
+    except CheckpointError as e:
+        raise HFCheckpointError(str(e)) from None
 
 
 def _task_of(ckpt: str) -> Optional[str]:
