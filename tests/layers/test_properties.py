@@ -171,3 +171,26 @@ def test_gradients_through_cached_calls_equal_the_parallel_forward(cls):
     # and the cache still decodes without grad afterwards
     with torch.no_grad():
         assert layer(x[:, :1].detach(), cache=cache).shape == (2, 1, D)
+
+
+@pytest.mark.parametrize("cls,sw", ALL_LAYERS + [pytest.param(HyperGLU, dict(layout="left"), id="HyperGLU-left")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_input_reaches_only_the_positions_that_see_it(cls, sw, bad):
+    # docs/math.md §10: a NaN or inf at position 3 reaches outputs 3.. of its row, never 0..2
+    # (in a block matmul an earlier query would meet it as 0 * NaN) and never another row
+    layer = make(cls, **sw)
+    x = x_of(batch=2, t=9)
+    clean = layer(x)
+    x_bad = x.clone()
+    x_bad[1, 3, 5] = bad
+    y = layer(x_bad)
+    torch.testing.assert_close(y[0], clean[0], rtol=0, atol=0)
+    torch.testing.assert_close(y[1, :3], clean[1, :3], rtol=0, atol=0)
+    assert torch.isnan(y[1, 3:]).all()
+    if sw.get("layout") == "left":
+        return  # no cached decoding in the left layout
+    cache = layer.new_cache(2)
+    stepped = torch.cat([layer(x_bad[:, :2], cache=cache)] + [layer(x_bad[:, t : t + 1], cache=cache) for t in range(2, 9)], 1)
+    torch.testing.assert_close(stepped[0], clean[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(stepped[1, :3], clean[1, :3], rtol=1e-10, atol=1e-12)
+    assert torch.isnan(stepped[1, 3:]).all()

@@ -26,7 +26,7 @@ class SoftmaxAttention(ProjectedMixer):
         """x: (B, T, d_model) -> (B, T, d_model); ``cache`` and ``mask`` as for the Hyper layers."""
         x, offset = self.begin(x, cache, mask)  # checked; padded rows zeroed
         q, k, v = self.project(x, offset, cache, mask)  # (B, H, T, dk), (B, H, T, dk), (B, H, T, dv)
-        k, v, key_valid = self.all_keys(k, v, cache, mask)  # (B, H, S, dk), (B, H, S, dv), (B, S) | None
+        k, v, key_valid, sees_bad = self.all_keys(k, v, cache, mask)  # (B, H, S, dk), (B, H, S, dv), (B, S) | None
         if offset == 0 and key_valid is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # after a prompt, or with padding: an explicit (B, 1, T, S) mask
@@ -38,4 +38,4 @@ class SoftmaxAttention(ProjectedMixer):
                 # a padded query may see no real key at all: open its row (its output is zeroed)
                 allowed = allowed | ~allowed.any(-1, keepdim=True)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.finish(o, x, mask)  # (B, T, d)
+        return self.finish(o, x, mask, sees_bad)  # (B, T, d)

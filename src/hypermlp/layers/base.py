@@ -77,19 +77,33 @@ class ProjectedMixer(nn.Module):
     @staticmethod
     def all_keys(k: torch.Tensor, v: torch.Tensor, cache: Optional[LayerCache], mask: Optional[torch.Tensor]):
         """Keys and values of every token so far, (B, Hq, S, dk) and (B, H, S, dv) with
-        S = offset + T, and which of them are real tokens, (B, S) bool or None when all are."""
-        if cache is not None:
-            return cache.append(k, v, mask)
-        key_valid = mask if (mask is not None and not bool(mask.all())) else None
-        return k, v, key_valid
+        S = offset + T; which of them are real tokens, (B, S) bool or None when all are; and which
+        of the new positions see a non-finite key or value, (B, T) bool.
 
-    def finish(self, o: torch.Tensor, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        A NaN or inf in the key or value of position j must reach only the outputs at positions
+        >= j (docs/math.md §10): in a block matmul an earlier query would meet it as 0 * NaN. So a
+        non-finite key or value row is stored as zeros, and ``finish`` writes NaN into the outputs
+        of every position at or after it (no host sync: all of it is tensor masks)."""
+        bad = ~(torch.isfinite(k).all(-1).all(1) & torch.isfinite(v).all(-1).all(1))  # (B, T)
+        k = k.masked_fill(bad[:, None, :, None], 0)
+        v = v.masked_fill(bad[:, None, :, None], 0)
+        sees_bad = bad.cumsum(1) > 0  # (B, T): at or after a non-finite position of this call
+        if cache is not None:
+            if cache.saw_non_finite is not None:
+                sees_bad = sees_bad | cache.saw_non_finite[:, None]
+            cache.saw_non_finite = sees_bad[:, -1]
+            return (*cache.append(k, v, mask), sees_bad)
+        key_valid = mask if (mask is not None and not bool(mask.all())) else None
+        return k, v, key_valid, sees_bad
+
+    def finish(self, o: torch.Tensor, x: torch.Tensor, mask: Optional[torch.Tensor], sees_bad: torch.Tensor) -> torch.Tensor:
         """Per-head readout (B, H, T, dv) -> output (B, T, d): heads concatenated, output gate,
-        W_o; padded positions give zero."""
+        W_o; NaN at the positions that see a non-finite key or value (``all_keys``), zero at
+        padded positions."""
         o = merge_heads(o)
         if self.out_gate is not None:
             o = o * torch.sigmoid(self.out_gate(x))
-        out = self.o_proj(o)
+        out = self.o_proj(o).masked_fill(sees_bad[..., None], float("nan"))
         if mask is not None:
             out = out.masked_fill(~mask[..., None], 0)
         return out

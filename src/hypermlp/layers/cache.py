@@ -26,6 +26,8 @@ class LayerCache:
         # last kernel-1 inputs of the causal convs on the K and V inputs, (B, kernel-1, d_model)
         self.conv_k: Optional[torch.Tensor] = None
         self.conv_v: Optional[torch.Tensor] = None
+        # (B,) bool: a key or value seen so far was NaN or inf (every later output is NaN)
+        self.saw_non_finite: Optional[torch.Tensor] = None
 
     def check_batch(self, x: torch.Tensor) -> None:
         if x.shape[0] != self.batch_size:

@@ -66,7 +66,7 @@ class _HyperBase(ProjectedMixer):
         q, k, v = self.project(x, offset, cache, mask)  # (B, Hq, T, dk), (B, Hq, T, dk), (B, H, T, dv)
         s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None  # (B, Hq, T, r)
         s2 = torch.sigmoid(split_heads(self.mix2_gate(x), self.n_heads)) if cfg.mix2 else None  # (B, H, T, r)
-        k, v, key_valid = self.all_keys(k, v, cache, mask)  # (B, Hq, S, dk), (B, H, S, dv), (B, S) | None
+        k, v, key_valid, sees_bad = self.all_keys(k, v, cache, mask)  # (B, Hq, S, dk), (B, H, S, dv), (B, S) | None
         o = hyper_core(  # (B, H, T, dv), already divided by rho
             q, k, v, s1, s2,
             self.seq_mix1.tables() if cfg.mix1 else None,
@@ -74,7 +74,7 @@ class _HyperBase(ProjectedMixer):
             glu=self.glu, layout=cfg.layout, offset=offset, eps=cfg.rho_eps, key_valid=key_valid,
             impl=cfg.impl, chunk_size=cfg.chunk_size,
         )
-        return self.finish(o, x, mask)  # (B, T, d)
+        return self.finish(o, x, mask, sees_bad)  # (B, T, d)
 
     def extra_repr(self) -> str:
         c = self.config
