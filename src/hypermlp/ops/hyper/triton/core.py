@@ -4,8 +4,9 @@
 Same arguments, semantics and result as ``chunked.hyper_core_chunked`` (docs/math.md §2.4 -
 §2.8), minus ``chunk_size``: the kernel's query and key blocks are ``block_m`` / ``block_n``.
 The forward is ``kernels.hyper_fwd_kernel`` (memory linear in T; README.md next to this package,
-"Triton kernel"). The backward recomputes through the chunked path's hand-derived backward
-(``_HyperTriton.backward``): there is no fused Triton backward yet.
+"Triton kernel"). The backward is ``kernels.hyper_bwd_kernel``: it recomputes the forward tile by tile from
+what the forward saved (linear in T) and accumulates the key, value and table gradients with
+atomics.
 
 Precision as everywhere in the core (``precision.py``): float16 / bfloat16 inputs are computed in
 float32 (one cast of each input, linear in T), float32 / float64 in their own dtype, the output
@@ -20,7 +21,7 @@ the first use; slow, for tests).
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -91,76 +92,161 @@ def _check_shapes(q, k, v, s1, s2, mix1, mix2, glu, offset, key_valid) -> None:
                              f"{None if gate is None else tuple(gate.shape)}")
 
 
-def _forward(q, k, v, s1, s2, mix1, mix2, *, glu, offset, eps, key_valid, block_m, block_n) -> Tensor:
-    """Launch ``hyper_fwd_kernel``: inputs cast to the compute dtype and made contiguous (one copy
-    each, linear in T; a no-op for contiguous float32 / float64 inputs), output in q's dtype."""
-    kernels = _kernels()
-    import triton
+class _Operands(NamedTuple):
+    """One call's inputs as the kernels read them: contiguous, in the compute dtype
+    (``precision.compute_dtype``; one copy each, linear in T, none for contiguous float32 /
+    float64 inputs). Absent mixings and key_valid are stand-in pointers (never read)."""
 
-    _check_device(kernels, q)
+    q: Tensor  # (b, Hq, T, dk)
+    k: Tensor  # (b, Hq, S, dk)
+    v: Tensor  # (b, H, S, dv)
+    s1: Tensor  # (b, Hq, T, r)
+    s2: Tensor  # (b, H, T, r)
+    A1: Tensor  # (Hq, L, r)
+    B1: Tensor
+    p1: Tensor  # (Hq, L)
+    A2: Tensor  # (H, L, r)
+    B2: Tensor
+    p2: Tensor  # (H, L)
+    valid: Tensor  # (b, S) int8
+
+
+class _Meta(NamedTuple):
+    """The sizes and switches the kernels are launched with."""
+
+    t: int
+    s: int
+    h: int
+    table_len: int
+    dk: int
+    dv: int
+    r: int
+    mix1: bool
+    mix2: bool
+    has_valid: bool
+
+
+def _prepare(q, k, v, s1, s2, mix1, mix2, key_valid):
     dtype = compute_dtype(q.dtype)
-    b, hq, t, dk = q.shape
-    h, s, dv = v.shape[1], k.shape[2], v.shape[3]
-    out = q.new_empty(b, h, t, dv)
-    if t == 0:
-        return out
 
     def prep(x):
-        return None if x is None else x.to(dtype).contiguous()
+        return x.to(dtype).contiguous()
 
-    q_, k_, v_ = prep(q), prep(k), prep(v)
+    q_ = prep(q)
+    mixes = [m for m in (mix1, mix2) if m is not None]
+    if len(mixes) == 2 and mix1[0].shape[-1] != mix2[0].shape[-1]:
+        raise ValueError(f"mix1 and mix2 must have the same rank, got {mix1[0].shape[-1]} and {mix2[0].shape[-1]}")
     A1, B1, p1 = (prep(x) for x in mix1) if mix1 is not None else (q_, q_, q_)
     A2, B2, p2 = (prep(x) for x in mix2) if mix2 is not None else (q_, q_, q_)
-    s1_ = prep(s1) if mix1 is not None else q_
-    s2_ = prep(s2) if mix2 is not None else q_
-    r = (mix1 or mix2)[0].shape[-1] if (mix1 or mix2) is not None else 1
-    if mix1 is not None and mix2 is not None and mix1[0].shape[-1] != mix2[0].shape[-1]:
-        raise ValueError(f"mix1 and mix2 must have the same rank, got {mix1[0].shape[-1]} and {mix2[0].shape[-1]}")
-    table_len = (mix1 or mix2)[0].shape[1] if (mix1 or mix2) is not None else s
-    valid = q_ if key_valid is None else key_valid[:, :s].to(torch.int8).contiguous()
-
-    grid = (triton.cdiv(t, block_m), b * h)
-    kernels.hyper_fwd_kernel[grid](
-        q_, k_, v_, s1_, s2_, A1, B1, p1, A2, B2, p2, valid, out,
-        t, s, offset, h, table_len, dk, dv, r, float(eps),
-        GLU=glu, MIX1=mix1 is not None, MIX2=mix2 is not None, HAS_VALID=key_valid is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(dk)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-        BLOCK_R=triton.next_power_of_2(r),
+    s = k.shape[2]
+    ops = _Operands(
+        q_, prep(k), prep(v),
+        prep(s1) if mix1 is not None else q_, prep(s2) if mix2 is not None else q_,
+        A1, B1, p1, A2, B2, p2,
+        q_ if key_valid is None else key_valid[:, :s].to(torch.int8).contiguous(),
     )
-    return out
+    meta = _Meta(
+        t=q.shape[2], s=s, h=v.shape[1], table_len=mixes[0][0].shape[1] if mixes else s,
+        dk=q.shape[3], dv=v.shape[3], r=mixes[0][0].shape[-1] if mixes else 1,
+        mix1=mix1 is not None, mix2=mix2 is not None, has_valid=key_valid is not None,
+    )
+    return ops, meta
+
+
+def _blocks(meta: _Meta, block_m: int, block_n: int) -> dict:
+    import triton
+
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(meta.dk)),
+                BLOCK_DV=max(16, triton.next_power_of_2(meta.dv)), BLOCK_R=triton.next_power_of_2(meta.r))
+
+
+def _launch_forward(ops: _Operands, meta: _Meta, out: Tensor, *, glu, offset, eps, block_m, block_n, save: bool):
+    """``hyper_fwd_kernel`` into ``out`` (b, H, T, dv); with ``save`` also returns u1, u2, 1/rho
+    and the raw readout (the backward's inputs, linear in T), else None."""
+    kernels = _kernels()
+    _check_device(kernels, ops.q)
+    b, hq = ops.q.shape[:2]
+    m = meta
+    saved = None
+    if save:
+        saved = (ops.q.new_empty(b, hq, m.t, m.r) if m.mix1 else ops.q, ops.q.new_empty(b, m.h, m.t, m.r) if m.mix2 else ops.q,
+                 ops.q.new_empty(b, m.h, m.t), ops.q.new_empty(b, m.h, m.t, m.dv))
+    if m.t == 0:
+        return saved
+    grid = (-(-m.t // block_m), b * m.h)
+    kernels.hyper_fwd_kernel[grid](
+        *ops, out, *(saved or (ops.q,) * 4),
+        m.t, m.s, offset, m.h, m.table_len, m.dk, m.dv, m.r, float(eps),
+        GLU=glu, MIX1=m.mix1, MIX2=m.mix2, HAS_VALID=m.has_valid, SAVE=save, **_blocks(m, block_m, block_n),
+    )
+    return saved
+
+
+def _launch_backward(ops: _Operands, meta: _Meta, saved, grad_out: Tensor, *, glu, offset, block_m, block_n):
+    """``hyper_bwd_kernel``: the gradients of q k v s1 s2 A1 B1 p1 A2 B2 p2 (None for the absent
+    ones), in the compute dtype. The readout's step runs here in torch (linear in T):
+    d_o = dO / rho and the coefficient -inv_rho^3 (dO . o_raw) of rho's gradient."""
+    kernels = _kernels()
+    u1, u2, inv_rho, o_raw = saved
+    m = meta
+    d_out = grad_out.to(ops.q.dtype)
+    d_o = (d_out * inv_rho[..., None]).contiguous()
+    coef = ((d_out * o_raw).sum(-1) * inv_rho.pow(3)).neg_().contiguous()
+    zeros = torch.zeros_like
+    dq, dk, dv = torch.empty_like(ops.q), zeros(ops.k), zeros(ops.v)
+    ds1 = torch.empty_like(ops.s1) if m.mix1 else None
+    ds2 = torch.empty_like(ops.s2) if m.mix2 else None
+    t1 = tuple(zeros(x) for x in (ops.A1, ops.B1, ops.p1)) if m.mix1 else None
+    t2 = tuple(zeros(x) for x in (ops.A2, ops.B2, ops.p2)) if m.mix2 else None
+    stand_in = ops.q
+    if m.t > 0:
+        grid = (-(-m.t // block_m), ops.q.shape[0] * m.h)
+        kernels.hyper_bwd_kernel[grid](
+            *ops, u1, u2, d_o, coef, dq, dk, dv, ds1 if m.mix1 else stand_in, ds2 if m.mix2 else stand_in,
+            *(t1 or (stand_in,) * 3), *(t2 or (stand_in,) * 3),
+            m.t, m.s, offset, m.h, m.table_len, m.dk, m.dv, m.r,
+            GLU=glu, MIX1=m.mix1, MIX2=m.mix2, HAS_VALID=m.has_valid, **_blocks(m, block_m, block_n),
+        )
+    return (dq, dk, dv, ds1, ds2, *(t1 or (None,) * 3), *(t2 or (None,) * 3))
 
 
 class _HyperTriton(torch.autograd.Function):
-    """Forward on the Triton kernel; backward through the chunked path's hand-derived backward
-    (it recomputes the forward block by block, nothing T x T is stored). Inputs: the keyword
-    settings as a dict, key_valid, then q k v s1 s2 A1 B1 p1 A2 B2 p2 (None where absent)."""
+    """Forward and backward on the Triton kernels; the backward recomputes the forward tile by
+    tile from what the forward saved (all linear in T: the operands, u = z A of each mixing,
+    1/rho, the raw readout). Inputs: the keyword settings as a dict, key_valid, then
+    q k v s1 s2 A1 B1 p1 A2 B2 p2 (None where absent)."""
 
     @staticmethod
     def forward(ctx, kw: dict, key_valid: Optional[Tensor], *flat: Optional[Tensor]) -> Tensor:
         q, k, v, s1, s2, A1, B1, p1, A2, B2, p2 = flat
         mix1 = None if A1 is None else Tables(A1, B1, p1)
         mix2 = None if A2 is None else Tables(A2, B2, p2)
-        ctx.kw, ctx.key_valid = kw, key_valid
-        ctx.save_for_backward(*flat)
-        return _forward(q, k, v, s1, s2, mix1, mix2, key_valid=key_valid, **kw)
+        ops, meta = _prepare(q, k, v, s1, s2, mix1, mix2, key_valid)
+        out = q.new_empty(q.shape[0], meta.h, meta.t, meta.dv)
+        saved = _launch_forward(ops, meta, out, save=True, **kw)
+        ctx.kw, ctx.meta = kw, meta
+        ctx.dtypes = [None if x is None else x.dtype for x in flat]
+        ctx.save_for_backward(*ops, *saved)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        flat = ctx.saved_tensors
-        needs = ctx.needs_input_grad[2:]
-        with torch.enable_grad():
-            leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(flat, needs)]
-            q, k, v, s1, s2, A1, B1, p1, A2, B2, p2 = leaves
-            out = hyper_core_chunked(
-                q, k, v, s1, s2,
-                None if A1 is None else Tables(A1, B1, p1), None if A2 is None else Tables(A2, B2, p2),
-                glu=ctx.kw["glu"], layout="lag", offset=ctx.kw["offset"], eps=ctx.kw["eps"],
-                key_valid=ctx.key_valid, chunk_size=ctx.kw["block_m"],
-            )
-            wanted = [x for x, need in zip(leaves, needs) if x is not None and need]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        return (None, None, *(next(grads) if x is not None and need else None for x, need in zip(leaves, needs)))
+        tensors = ctx.saved_tensors
+        ops, saved = _Operands(*tensors[:12]), tensors[12:]
+        kw = {k: ctx.kw[k] for k in ("glu", "offset", "block_m", "block_n")}
+        with autocast_off(grad_out.device):
+            grads = _launch_backward(ops, ctx.meta, saved, grad_out, **kw)
+        # each gradient in its input's dtype; None where the input is absent or needs none
+        return (None, None, *(None if g is None or not need else g.to(dt)
+                              for g, need, dt in zip(grads, ctx.needs_input_grad[2:], ctx.dtypes)))
+
+
+def _forward(q, k, v, s1, s2, mix1, mix2, *, glu, offset, eps, key_valid, block_m, block_n) -> Tensor:
+    """The no-grad forward: output (b, H, T, dv) in q's dtype."""
+    ops, meta = _prepare(q, k, v, s1, s2, mix1, mix2, key_valid)
+    out = q.new_empty(q.shape[0], meta.h, meta.t, meta.dv)
+    _launch_forward(ops, meta, out, glu=glu, offset=offset, eps=eps, block_m=block_m, block_n=block_n, save=False)
+    return out
 
 
 def hyper_core_triton(
@@ -182,8 +268,8 @@ def hyper_core_triton(
 ) -> Tensor:
     """The Hyper core on the Triton forward kernel: arguments and result (b, H, T, dv) as in
     ``hyper_core_chunked`` (without ``chunk_size``; ``block_m`` / ``block_n``: queries per program
-    and keys per tile, powers of two). Differentiable in every tensor (module docstring: the
-    backward is the chunked one). layout="left" runs the chunked path, with a warning."""
+    and keys per tile, powers of two >= 16). Differentiable in every tensor, through the fused
+    backward kernel. layout="left" runs the chunked path, with a warning."""
     check_layout(layout)
     if layout == "left":
         warnings.warn("impl='triton' has no kernel for layout='left' (an ablation); using the chunked path",
@@ -191,8 +277,8 @@ def hyper_core_triton(
         return hyper_core_chunked(q, k, v, s1, s2, mix1, mix2, glu=glu, layout=layout, offset=offset, eps=eps,
                                   key_valid=key_valid)
     for name, size in (("block_m", block_m), ("block_n", block_n)):
-        if size < 1 or size & (size - 1):
-            raise ValueError(f"{name} must be a power of two, got {size}")
+        if size < 16 or size & (size - 1):  # tl.dot needs 16 rows and columns
+            raise ValueError(f"{name} must be a power of two >= 16, got {size}")
     s1 = None if mix1 is None else s1
     s2 = None if mix2 is None else s2
     _check_shapes(q, k, v, s1, s2, mix1, mix2, glu, offset, key_valid)
