@@ -55,7 +55,7 @@ class HyperConfig:
     mix2: bool = True  # R(2) on the activated scores
     layout: str = "lag"  # "lag" (tables indexed by lag) or "left" (ablation, see ops)
     rho_eps: float = 1e-12  # rho(z) = sqrt(||z||^2 + rho_eps), docs/math.md §2.6
-    impl: str = "chunked"  # "reference" (readable ground truth) or "chunked"
+    impl: str = "auto"  # "reference" (readable ground truth), "chunked", "triton", or "auto" (triton on CUDA)
     chunk_size: int = 64  # query block size of the chunked implementation
     rope_base: float = 10000.0
 

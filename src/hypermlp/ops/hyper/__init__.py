@@ -4,8 +4,10 @@
     chunked.py    hyper_core_chunked    query blocks with a hand-derived backward (training)
     decode.py     hyper_core_decode     one query at the end of the keys, no grad (cached decoding)
     layout.py     skew / unskew, table_rows: the key and lag layouts both fast paths rely on
+    triton/       hyper_core_triton, hyper_core_decode_triton: the same core on fused Triton
+                  kernels, forward and backward (CUDA; imports triton only when used)
 
-README.md in this folder derives the chunked algorithm and its backward.
+README.md in this folder derives the chunked algorithm, the Triton kernels and their backwards.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from .chunked import hyper_core_chunked
 from .decode import hyper_core_decode
 from .layout import check_layout, skew, table_rows, unskew
 from .reference import Tables, hyper_core_reference
+from .triton import available as triton_available
+from .triton import hyper_core_decode_triton, hyper_core_triton
 
-IMPLS = ("reference", "chunked")
+IMPLS = ("reference", "chunked", "triton", "auto")
 
 __all__ = [
     "IMPLS",
@@ -28,6 +32,7 @@ __all__ = [
     "hyper_core_chunked",
     "hyper_core_decode",
     "hyper_core_reference",
+    "hyper_core_triton",
     "skew",
     "table_rows",
     "unskew",
@@ -69,13 +74,23 @@ def hyper_core(
     impl="reference": the readable loop (``hyper_core_reference``), whatever the inputs.
     impl="chunked": ``hyper_core_decode`` for one query at the end of the keys when no gradient
     is needed (a cached decoding step), else ``hyper_core_chunked`` in blocks of ``chunk_size``.
+    impl="triton": the same split onto the Triton kernels (``hyper_core_decode_triton`` /
+    ``hyper_core_triton``, their own block sizes; CUDA tensors, or CPU under TRITON_INTERPRET=1).
+    impl="auto": "triton" for CUDA tensors in the lag layout when triton imports, else "chunked".
     """
     check_layout(layout)
     common = dict(glu=glu, layout=layout, offset=offset, eps=eps, key_valid=key_valid)
     if impl == "reference":
         return hyper_core_reference(q, k, v, s1, s2, mix1, mix2, **common)
-    if impl != "chunked":
+    if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if _is_decode_step(q, k, offset, (q, k, v, s1, s2, *(mix1 or ()), *(mix2 or ()))):
+    if impl == "auto":
+        impl = "triton" if q.is_cuda and layout == "lag" and triton_available() else "chunked"
+    decode_step = _is_decode_step(q, k, offset, (q, k, v, s1, s2, *(mix1 or ()), *(mix2 or ())))
+    if impl == "triton":
+        if decode_step:
+            return hyper_core_decode_triton(q, k, v, s1, s2, mix1, mix2, **common)
+        return hyper_core_triton(q, k, v, s1, s2, mix1, mix2, **common)
+    if decode_step:
         return hyper_core_decode(q, k, v, s1, s2, mix1, mix2, **common)
     return hyper_core_chunked(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)
