@@ -102,10 +102,10 @@ class _Operands(NamedTuple):
     v: Tensor  # (b, H, S, dv)
     s1: Tensor  # (b, Hq, T, r)
     s2: Tensor  # (b, H, T, r)
-    A1: Tensor  # (Hq, L, r)
+    A1: Tensor  # (Hq, r, L): rank-major, so a rank's gather reads contiguous lags
     B1: Tensor
     p1: Tensor  # (Hq, L)
-    A2: Tensor  # (H, L, r)
+    A2: Tensor  # (H, r, L)
     B2: Tensor
     p2: Tensor  # (H, L)
     valid: Tensor  # (b, S) int8
@@ -136,8 +136,15 @@ def _prepare(q, k, v, s1, s2, mix1, mix2, key_valid):
     mixes = [m for m in (mix1, mix2) if m is not None]
     if len(mixes) == 2 and mix1[0].shape[-1] != mix2[0].shape[-1]:
         raise ValueError(f"mix1 and mix2 must have the same rank, got {mix1[0].shape[-1]} and {mix2[0].shape[-1]}")
-    A1, B1, p1 = (prep(x) for x in mix1) if mix1 is not None else (q_, q_, q_)
-    A2, B2, p2 = (prep(x) for x in mix2) if mix2 is not None else (q_, q_, q_)
+
+    def rank_major(tables):  # (heads, L, r) x2, (heads, L) -> (heads, r, L) x2, (heads, L)
+        if tables is None:
+            return q_, q_, q_
+        A, B, p = tables
+        return prep(A.transpose(1, 2)), prep(B.transpose(1, 2)), prep(p)
+
+    A1, B1, p1 = rank_major(mix1)
+    A2, B2, p2 = rank_major(mix2)
     s = k.shape[2]
     ops = _Operands(
         q_, prep(k), prep(v),
@@ -237,6 +244,9 @@ class _HyperTriton(torch.autograd.Function):
         with autocast_off(grad_out.device):
             grads = _launch_backward(ops, ctx.meta, saved, grad_out, **kw)
         # each gradient in its input's dtype; None where the input is absent or needs none
+        # the tables' A and B back from rank-major; each gradient in its input's dtype; None where
+        # the input is absent or needs none
+        grads = [g if i not in (5, 6, 8, 9) or g is None else g.transpose(1, 2) for i, g in enumerate(grads)]
         return (None, None, *(None if g is None or not need else g.to(dt)
                               for g, need, dt in zip(grads, ctx.needs_input_grad[2:], ctx.dtypes)))
 

@@ -19,8 +19,10 @@ act is not normalised: R(2) and the readout are linear in it, so 1/rho scales th
 gate branch h and the scale branch H + h; act = softplus(scale) * relu(gate), rho over the gate.
 
 All operands are contiguous and in one floating dtype (the compute dtype, ``precision.py``);
-accumulators take that dtype. BLOCK_M = 1 (the decode step) computes its products as sums of
-broadcasts: tl.dot needs at least 16 rows.
+accumulators take that dtype. The lag tables are rank-major (heads, R, L): each rank of a tile
+is one (M, N) gather along contiguous lags, so no (M, N, R) tensor is ever held in registers.
+Products are tl.dot (exact "ieee" for float32) except for BLOCK_M = 1 (the decode step: tl.dot
+needs 16 rows) and float64 (no float64 tl.dot on the NVIDIA backend): sums of broadcasts there.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import triton.language as tl
 
 @triton.jit
 def _mm_nt(a, b, BLOCK_M: tl.constexpr):
-    """a (M, K) @ b (N, K)^T -> (M, N) in a's dtype; exact (ieee) for float32."""
-    if BLOCK_M >= 16:
+    """a (M, K) @ b (N, K)^T -> (M, N) in a's dtype; exact (ieee) for float32. tl.dot needs 16
+    rows, and the NVIDIA backend has no float64 tl.dot: those are sums of broadcasts."""
+    if BLOCK_M >= 16 and a.dtype != tl.float64:
         return tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=a.dtype)
     else:
         return tl.sum(a[:, None, :] * b[None, :, :], axis=2)
@@ -39,30 +42,42 @@ def _mm_nt(a, b, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _mm_nn(a, b, BLOCK_M: tl.constexpr):
-    """a (M, K) @ b (K, N) -> (M, N) in a's dtype."""
-    if BLOCK_M >= 16:
+    """a (M, K) @ b (K, N) -> (M, N) in a's dtype (as ``_mm_nt``)."""
+    if BLOCK_M >= 16 and a.dtype != tl.float64:
         return tl.dot(a, b, input_precision="ieee", out_dtype=a.dtype)
     else:
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
 @triton.jit
-def _lag_table(tab_ptr, lag, m, offs_r, R):
-    """Rows ``lag`` (M, N) of a (L, R) table: the (M, N, BLOCK_R) gather, 0 where ~m."""
-    ptrs = tab_ptr + lag[:, :, None] * R + offs_r[None, None, :]
-    return tl.load(ptrs, mask=m[:, :, None] & (offs_r < R)[None, None, :], other=0.0)
+def _mm_tn(a, b):
+    """a (K, M)^T @ b (K, N) -> (M, N) in a's dtype (as ``_mm_nt``; K = BLOCK_M >= 16)."""
+    if a.dtype != tl.float64:
+        return tl.dot(tl.trans(a), b, input_precision="ieee", out_dtype=a.dtype)
+    else:
+        return tl.sum(a[:, :, None] * b[:, None, :], axis=0)
 
 
 @triton.jit
-def _times_lag_table(x, tab_ptr, lag, m, offs_r, R):
-    """sum_j x[i, j] tab[lag[i, j], :] -> (M, BLOCK_R): a row of scores against its table rows."""
-    return tl.sum(x[:, :, None] * _lag_table(tab_ptr, lag, m, offs_r, R), axis=1)
+def _times_lag_table(x, tab_ptr, lag, m, offs_r, L, R):
+    """sum_j x[i, j] tab[:, lag[i, j]] -> (M, BLOCK_R): each row of scores against its lags' table
+    rows. The table is rank-major (R, L), so each rank is one gather of an (M, N) tile along
+    contiguous lags; no (M, N, R) tensor is ever held."""
+    acc = tl.zeros([x.shape[0], offs_r.shape[0]], dtype=x.dtype)
+    for rr in range(R):
+        col = tl.load(tab_ptr + rr * L + lag, mask=m, other=0.0)
+        acc += tl.where(offs_r[None, :] == rr, tl.sum(x * col, axis=1)[:, None], 0.0)
+    return acc
 
 
 @triton.jit
-def _low_rank(us, tab_ptr, lag, m, offs_r, R):
-    """sum_r us[i, r] tab[lag[i, j], r] -> (M, N): the low-rank term (u s) B^T of a mixing."""
-    return tl.sum(us[:, None, :] * _lag_table(tab_ptr, lag, m, offs_r, R), axis=2)
+def _low_rank(us, tab_ptr, lag, m, offs_r, L, R):
+    """sum_r us[i, r] tab[r, lag[i, j]] -> (M, N): the low-rank term (u s) B^T of a mixing."""
+    acc = tl.zeros(lag.shape, dtype=us.dtype)
+    for rr in range(R):
+        col = tl.load(tab_ptr + rr * L + lag, mask=m, other=0.0)
+        acc += tl.sum(tl.where(offs_r[None, :] == rr, us, 0.0), axis=1)[:, None] * col
+    return acc
 
 
 @triton.jit
@@ -74,13 +89,13 @@ def _scores(q, k_ptr, offs_j, offs_d, S, DK, m, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _mixed_scores(q, k_ptr, us1, B1_ptr, p1_ptr, offs_j, offs_d, offs_r, lag, m, S, DK, R,
+def _mixed_scores(q, k_ptr, us1, B1_ptr, p1_ptr, offs_j, offs_d, offs_r, lag, m, S, DK, L, R,
                   MIX1: tl.constexpr, BLOCK_M: tl.constexpr):
     """z1 = R(1) z0 = z0 (1 + p1[lag]) + (u1 s1) B1[lag]^T, masked (z0 itself without R(1))."""
     z = _scores(q, k_ptr, offs_j, offs_d, S, DK, m, BLOCK_M)
     if MIX1:
         p = tl.load(p1_ptr + lag, mask=m, other=0.0)
-        z = tl.where(m, z + z * p + _low_rank(us1, B1_ptr, lag, m, offs_r, R), 0.0)
+        z = tl.where(m, z + z * p + _low_rank(us1, B1_ptr, lag, m, offs_r, L, R), 0.0)
     return z
 
 
@@ -154,10 +169,10 @@ def hyper_fwd_kernel(
                 m = m & (tl.load(valid_ptr + bi * S + offs_j, mask=offs_j < S, other=0) != 0)[None, :]
             lag = tl.where(m, pos[:, None] - offs_j[None, :], 0)
             zg = _scores(qg, kg_ptr, offs_j, offs_d, S, DK, m, BLOCK_M)
-            us1g += _times_lag_table(zg, A1_ptr + h * L * R, lag, m, offs_r, R)
+            us1g += _times_lag_table(zg, A1_ptr + h * L * R, lag, m, offs_r, L, R)
             if GLU:
                 zc = _scores(qc, kc_ptr, offs_j, offs_d, S, DK, m, BLOCK_M)
-                us1c += _times_lag_table(zc, A1_ptr + hc * L * R, lag, m, offs_r, R)
+                us1c += _times_lag_table(zc, A1_ptr + hc * L * R, lag, m, offs_r, L, R)
         s_off = offs_i[:, None] * R + offs_r[None, :]
         if SAVE:
             tl.store(u1_ptr + (bi * HQ + h) * T * R + s_off, us1g, mask=r_mask)
@@ -178,15 +193,15 @@ def hyper_fwd_kernel(
             m = m & (tl.load(valid_ptr + bi * S + offs_j, mask=offs_j < S, other=0) != 0)[None, :]
         lag = tl.where(m, pos[:, None] - offs_j[None, :], 0)
         zg = _mixed_scores(qg, kg_ptr, us1g, B1_ptr + h * L * R, p1_ptr + h * L, offs_j, offs_d, offs_r, lag, m,
-                           S, DK, R, MIX1, BLOCK_M)
+                           S, DK, L, R, MIX1, BLOCK_M)
         zc = zg
         if GLU:
             zc = _mixed_scores(qc, kc_ptr, us1c, B1_ptr + hc * L * R, p1_ptr + hc * L, offs_j, offs_d, offs_r,
-                               lag, m, S, DK, R, MIX1, BLOCK_M)
+                               lag, m, S, DK, L, R, MIX1, BLOCK_M)
         rho2 += tl.sum(zg * zg, axis=1)
         act = _activation(zg, zc, GLU)
         if MIX2:
-            us2 += _times_lag_table(act, A2_ptr + h * L * R, lag, m, offs_r, R)
+            us2 += _times_lag_table(act, A2_ptr + h * L * R, lag, m, offs_r, L, R)
         else:
             v = tl.load(v_base + offs_j[:, None] * DV + offs_dv[None, :],
                         mask=(offs_j < S)[:, None] & (offs_dv < DV)[None, :], other=0.0)
@@ -205,14 +220,14 @@ def hyper_fwd_kernel(
                 m = m & (tl.load(valid_ptr + bi * S + offs_j, mask=offs_j < S, other=0) != 0)[None, :]
             lag = tl.where(m, pos[:, None] - offs_j[None, :], 0)
             zg = _mixed_scores(qg, kg_ptr, us1g, B1_ptr + h * L * R, p1_ptr + h * L, offs_j, offs_d, offs_r, lag,
-                               m, S, DK, R, MIX1, BLOCK_M)
+                               m, S, DK, L, R, MIX1, BLOCK_M)
             zc = zg
             if GLU:
                 zc = _mixed_scores(qc, kc_ptr, us1c, B1_ptr + hc * L * R, p1_ptr + hc * L, offs_j, offs_d, offs_r,
-                                   lag, m, S, DK, R, MIX1, BLOCK_M)
+                                   lag, m, S, DK, L, R, MIX1, BLOCK_M)
             act = _activation(zg, zc, GLU)
             p2 = tl.load(p2_ptr + h * L + lag, mask=m, other=0.0)
-            y = tl.where(m, act + act * p2 + _low_rank(us2, B2_ptr + h * L * R, lag, m, offs_r, R), 0.0)
+            y = tl.where(m, act + act * p2 + _low_rank(us2, B2_ptr + h * L * R, lag, m, offs_r, L, R), 0.0)
             v = tl.load(v_base + offs_j[:, None] * DV + offs_dv[None, :],
                         mask=(offs_j < S)[:, None] & (offs_dv < DV)[None, :], other=0.0)
             o += _mm_nn(y, v, BLOCK_M)
@@ -232,11 +247,12 @@ def hyper_fwd_kernel(
 
 
 @triton.jit
-def _add_to_lag_table(tab_ptr, x, lag, m, offs_r, R):
-    """tab[lag[i, j], :] += x[i, j, :] for every entry of the tile (atomics: rows repeat along
-    the tile's diagonals, and other programs add to the same rows)."""
-    ptrs = tab_ptr + lag[:, :, None] * R + offs_r[None, None, :]
-    tl.atomic_add(ptrs, x, mask=m[:, :, None] & (offs_r < R)[None, None, :], sem="relaxed")
+def _add_outer_to_lag_table(tab_ptr, x, g, lag, m, offs_r, L, R):
+    """tab[r, lag[i, j]] += x[i, j] g[i, r] for every entry of the tile and every rank (atomics:
+    lags repeat along the tile's diagonals, and other programs add to the same lags)."""
+    for rr in range(R):
+        g_r = tl.sum(tl.where(offs_r[None, :] == rr, g, 0.0), axis=1)
+        tl.atomic_add(tab_ptr + rr * L + lag, x * g_r[:, None], mask=m, sem="relaxed")
 
 
 @triton.jit
@@ -246,14 +262,14 @@ def _sigmoid_below_20(x):
 
 
 @triton.jit
-def _score_grads(zg, zc, dy, d_u2, A2_ptr, p2_ptr, lag, m, coef, offs_r, R, GLU: tl.constexpr, MIX2: tl.constexpr):
+def _score_grads(zg, zc, dy, d_u2, A2_ptr, p2_ptr, lag, m, coef, offs_r, L, R, GLU: tl.constexpr, MIX2: tl.constexpr):
     """d_z1 of the gate (or only) branch and of the scale branch, from dy = dL/dy (masked):
     d_act = dy (1 + p2[lag]) + d_u2 A2[lag]^T (R(2)'s adjoint), then the activation and rho:
     d_g = d_act act'(g) - inv_rho^3 d_inv g (``coef`` = -inv_rho^3 d_inv per row)."""
     d_act = dy
     if MIX2:
         p2 = tl.load(p2_ptr + lag, mask=m, other=0.0)
-        d_act = dy + dy * p2 + _low_rank(d_u2, A2_ptr, lag, m, offs_r, R)
+        d_act = dy + dy * p2 + _low_rank(d_u2, A2_ptr, lag, m, offs_r, L, R)
     if GLU:
         sp = _softplus(zc)
         d_g = tl.where(zg > 0.0, d_act * sp, 0.0) + coef[:, None] * zg
@@ -266,22 +282,22 @@ def _score_grads(zg, zc, dy, d_u2, A2_ptr, p2_ptr, lag, m, coef, offs_r, R, GLU:
 
 @triton.jit
 def _score_head_backward(d_z1, z0, q, k_ptr, dk_ptr, A1_ptr, dA1_ptr, dB1_ptr, dp1_ptr, p1_ptr, us1, d_u1,
-                         offs_j, offs_d, offs_r, lag, m, S, DK, R, MIX1: tl.constexpr):
+                         offs_j, offs_d, offs_r, lag, m, S, DK, L, R, MIX1: tl.constexpr):
     """One score head's last steps: R(1)'s table gradients and adjoint (d_z0), then the scores':
     dk_j += d_z0^T q (atomics), returns dq's part d_z0 k of this tile."""
     d_z0 = d_z1
     if MIX1:
         tl.atomic_add(dp1_ptr + lag, d_z1 * z0, mask=m, sem="relaxed")
-        _add_to_lag_table(dB1_ptr, d_z1[:, :, None] * us1[:, None, :], lag, m, offs_r, R)
-        _add_to_lag_table(dA1_ptr, z0[:, :, None] * d_u1[:, None, :], lag, m, offs_r, R)
+        _add_outer_to_lag_table(dB1_ptr, d_z1, us1, lag, m, offs_r, L, R)
+        _add_outer_to_lag_table(dA1_ptr, z0, d_u1, lag, m, offs_r, L, R)
         p1 = tl.load(p1_ptr + lag, mask=m, other=0.0)
-        d_z0 = tl.where(m, d_z1 + d_z1 * p1 + _low_rank(d_u1, A1_ptr, lag, m, offs_r, R), 0.0)
+        d_z0 = tl.where(m, d_z1 + d_z1 * p1 + _low_rank(d_u1, A1_ptr, lag, m, offs_r, L, R), 0.0)
     k_off = offs_j[:, None] * DK + offs_d[None, :]
     k_mask = (offs_j < S)[:, None] & (offs_d < DK)[None, :]
     k = tl.load(k_ptr + k_off, mask=k_mask, other=0.0)
-    dk = tl.dot(tl.trans(d_z0), q, input_precision="ieee", out_dtype=q.dtype)  # (BLOCK_N, BLOCK_D)
+    dk = _mm_tn(d_z0, q)  # (BLOCK_N, BLOCK_D)
     tl.atomic_add(dk_ptr + k_off, dk, mask=k_mask, sem="relaxed")
-    return tl.dot(d_z0, k, input_precision="ieee", out_dtype=q.dtype)
+    return _mm_nn(d_z0, k, 16)
 
 
 @triton.jit
@@ -364,7 +380,7 @@ def hyper_bwd_kernel(
             v = tl.load(v_base + offs_j[:, None] * DV + offs_dv[None, :],
                         mask=(offs_j < S)[:, None] & (offs_dv < DV)[None, :], other=0.0)
             dy = tl.where(m, _mm_nt(d_o, v, BLOCK_M), 0.0)
-            d_us2 += _times_lag_table(dy, B2_ptr + h * L * R, lag, m, offs_r, R)
+            d_us2 += _times_lag_table(dy, B2_ptr + h * L * R, lag, m, offs_r, L, R)
         tl.store(ds2_ptr + off2, d_us2 * u2, mask=r_mask)
         d_u2 = d_us2 * s2
 
@@ -379,19 +395,19 @@ def hyper_bwd_kernel(
                 m = m & (tl.load(valid_ptr + bi * S + offs_j, mask=offs_j < S, other=0) != 0)[None, :]
             lag = tl.where(m, pos[:, None] - offs_j[None, :], 0)
             zg = _mixed_scores(qg, kg_ptr, us1g, B1_ptr + h * L * R, p1_ptr + h * L, offs_j, offs_d, offs_r, lag,
-                               m, S, DK, R, MIX1, BLOCK_M)
+                               m, S, DK, L, R, MIX1, BLOCK_M)
             zc = zg
             if GLU:
                 zc = _mixed_scores(qc, kc_ptr, us1c, B1_ptr + hc * L * R, p1_ptr + hc * L, offs_j, offs_d, offs_r,
-                                   lag, m, S, DK, R, MIX1, BLOCK_M)
+                                   lag, m, S, DK, L, R, MIX1, BLOCK_M)
             v = tl.load(v_base + offs_j[:, None] * DV + offs_dv[None, :],
                         mask=(offs_j < S)[:, None] & (offs_dv < DV)[None, :], other=0.0)
             dy = tl.where(m, _mm_nt(d_o, v, BLOCK_M), 0.0)
-            d_g, d_c = _score_grads(zg, zc, dy, d_u2, A2_ptr + h * L * R, p2_ptr + h * L, lag, m, coef, offs_r, R,
+            d_g, d_c = _score_grads(zg, zc, dy, d_u2, A2_ptr + h * L * R, p2_ptr + h * L, lag, m, coef, offs_r, L, R,
                                     GLU, MIX2)
-            d_us1g += _times_lag_table(d_g, B1_ptr + h * L * R, lag, m, offs_r, R)
+            d_us1g += _times_lag_table(d_g, B1_ptr + h * L * R, lag, m, offs_r, L, R)
             if GLU:
-                d_us1c += _times_lag_table(d_c, B1_ptr + hc * L * R, lag, m, offs_r, R)
+                d_us1c += _times_lag_table(d_c, B1_ptr + hc * L * R, lag, m, offs_r, L, R)
         tl.store(ds1_ptr + g_off1, d_us1g * u1g, mask=r_mask)
         d_u1g = d_us1g * s1g
         if GLU:
@@ -415,14 +431,14 @@ def hyper_bwd_kernel(
         zg = z0g
         if MIX1:
             p1g = tl.load(p1_ptr + h * L + lag, mask=m, other=0.0)
-            zg = tl.where(m, z0g + z0g * p1g + _low_rank(us1g, B1_ptr + h * L * R, lag, m, offs_r, R), 0.0)
+            zg = tl.where(m, z0g + z0g * p1g + _low_rank(us1g, B1_ptr + h * L * R, lag, m, offs_r, L, R), 0.0)
         z0c, zc = z0g, zg
         if GLU:
             z0c = _scores(qc, kc_ptr, offs_j, offs_d, S, DK, m, BLOCK_M)
             zc = z0c
             if MIX1:
                 p1c = tl.load(p1_ptr + hc * L + lag, mask=m, other=0.0)
-                zc = tl.where(m, z0c + z0c * p1c + _low_rank(us1c, B1_ptr + hc * L * R, lag, m, offs_r, R), 0.0)
+                zc = tl.where(m, z0c + z0c * p1c + _low_rank(us1c, B1_ptr + hc * L * R, lag, m, offs_r, L, R), 0.0)
         act = _activation(zg, zc, GLU)
         v_off = offs_j[:, None] * DV + offs_dv[None, :]
         v_mask = (offs_j < S)[:, None] & (offs_dv < DV)[None, :]
@@ -431,22 +447,22 @@ def hyper_bwd_kernel(
         y = act
         if MIX2:
             p2 = tl.load(p2_ptr + h * L + lag, mask=m, other=0.0)
-            y = tl.where(m, act + act * p2 + _low_rank(us2, B2_ptr + h * L * R, lag, m, offs_r, R), 0.0)
+            y = tl.where(m, act + act * p2 + _low_rank(us2, B2_ptr + h * L * R, lag, m, offs_r, L, R), 0.0)
             tl.atomic_add(dp2_ptr + h * L + lag, dy * act, mask=m, sem="relaxed")
-            _add_to_lag_table(dB2_ptr + h * L * R, dy[:, :, None] * us2[:, None, :], lag, m, offs_r, R)
-            _add_to_lag_table(dA2_ptr + h * L * R, act[:, :, None] * d_u2[:, None, :], lag, m, offs_r, R)
+            _add_outer_to_lag_table(dB2_ptr + h * L * R, dy, us2, lag, m, offs_r, L, R)
+            _add_outer_to_lag_table(dA2_ptr + h * L * R, act, d_u2, lag, m, offs_r, L, R)
         # dv_j += y^T d_o
-        dv = tl.dot(tl.trans(y), d_o, input_precision="ieee", out_dtype=dt)
+        dv = _mm_tn(y, d_o)
         tl.atomic_add(dv_base + v_off, dv, mask=v_mask, sem="relaxed")
-        d_g, d_c = _score_grads(zg, zc, dy, d_u2, A2_ptr + h * L * R, p2_ptr + h * L, lag, m, coef, offs_r, R,
+        d_g, d_c = _score_grads(zg, zc, dy, d_u2, A2_ptr + h * L * R, p2_ptr + h * L, lag, m, coef, offs_r, L, R,
                                 GLU, MIX2)
         dqg += _score_head_backward(d_g, z0g, qg, kg_ptr, dkg_ptr, A1_ptr + h * L * R, dA1_ptr + h * L * R,
                                     dB1_ptr + h * L * R, dp1_ptr + h * L, p1_ptr + h * L, us1g, d_u1g,
-                                    offs_j, offs_d, offs_r, lag, m, S, DK, R, MIX1)
+                                    offs_j, offs_d, offs_r, lag, m, S, DK, L, R, MIX1)
         if GLU:
             dqc += _score_head_backward(d_c, z0c, qc, kc_ptr, dkc_ptr, A1_ptr + hc * L * R, dA1_ptr + hc * L * R,
                                         dB1_ptr + hc * L * R, dp1_ptr + hc * L, p1_ptr + hc * L, us1c, d_u1c,
-                                        offs_j, offs_d, offs_r, lag, m, S, DK, R, MIX1)
+                                        offs_j, offs_d, offs_r, lag, m, S, DK, L, R, MIX1)
     tl.store(dq_ptr + (bi * HQ + h) * T * DK + q_off, dqg, mask=q_mask)
     if GLU:
         tl.store(dq_ptr + (bi * HQ + hc) * T * DK + q_off, dqc, mask=q_mask)
