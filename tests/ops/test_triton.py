@@ -12,6 +12,7 @@ Tests marked ``cuda`` repeat the comparisons in bfloat16 on a real GPU and skip 
 import copy
 import itertools
 import os
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -213,6 +214,19 @@ def test_layers_equal_reference(cls):
     yr.square().sum().backward()
     for (name, pf), pr in zip(fast.named_parameters(), ref.parameters()):
         torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_kernels_compile_for_an_nvidia_gpu():
+    # the interpreter never runs the GPU compiler: compile the forward, the decode step and the
+    # backward for sm_90 (PTX, then ptxas), in a process without the interpreter
+    code = ("from hypermlp.ops.hyper.triton import compile_check as c; "
+            "print(c.check(90, [v for v in c.VARIANTS if v[1] == 'fp32' and v[2] and v[3] and v[4]]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(hyper_pkg.__file__).rsplit(os.sep, 3)[0],
+                                                    env.get("PYTHONPATH")] if p)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Compiled(") == 3
 
 
 # ----------------------------------------------------------------------------------------------
