@@ -20,6 +20,7 @@ the first use; slow, for tests).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple, Optional
 
@@ -47,8 +48,10 @@ def _kernels():
     return kernels
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether triton imports (``impl='auto'`` then picks the kernels for CUDA tensors)."""
+    """Whether triton imports (``impl='auto'`` then picks the kernels for CUDA tensors); asked once
+    per process."""
     try:
         _kernels()
     except ImportError:
