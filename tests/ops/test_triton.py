@@ -2,10 +2,13 @@
 (q, k, v, s1, s2 and each table), the decode step, the dispatch and the layers.
 
 Without a GPU the kernels run under the Triton interpreter on CPU tensors, in float64 (the
-interpreter's tl.dot on bfloat16 is not trustworthy; float64 makes the comparison tight). The
-interpreter is switched on only while this module imports triton and the kernels
-(``_import_triton_for_this_machine``) and during each of its tests (``_interpreter``), so the
-variable does not reach any other test.
+interpreter's tl.dot on bfloat16 is not trustworthy; float64 makes the comparison tight). Triton
+reads TRITON_INTERPRET when a function is decorated, its own library included, so the variable
+must be set before triton's first import in the process; this module sets it only while it
+imports triton and the kernels (``_import_triton_for_this_machine``) and during each of its tests
+(``_interpreter``), so it reaches no other test. When something imported triton earlier (torch's
+dynamo does, whenever triton is installed), the interpreter cannot be switched on any more: the
+tests then run in a fresh process of their own (``test_in_a_fresh_process``).
 Tests marked ``cuda`` repeat the comparisons in bfloat16 on a real GPU and skip elsewhere.
 """
 
@@ -42,10 +45,8 @@ def _import_triton_for_this_machine():
 
 
 KERNELS = _import_triton_for_this_machine()
-if not (CUDA or KERNELS.INTERPRETED):
-    pytest.skip("no GPU, and triton was imported before this module could switch on its interpreter "
-                "(run tests/ops/test_triton.py in a process of its own)", allow_module_level=True)
-
+IN_THIS_PROCESS = CUDA or KERNELS.INTERPRETED  # else: test_in_a_fresh_process
+FRESH_PROCESS_VAR = "HYPERMLP_TRITON_TESTS_IN_FRESH_PROCESS"
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +262,25 @@ def test_cuda_bfloat16_matches_reference(glu, mixes, padding):
                            s2=None if bf.s2 is None else bf.s2[:, :, -1:])
         dec = last.call(hyper_core_decode_triton, glu=glu, offset=bf.k.shape[2] - 1)
     torch.testing.assert_close(dec.float(), step.float(), rtol=2e-2, atol=2e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# triton was imported before this module (e.g. by torch._dynamo) on a machine without a GPU: the
+# tests above cannot use the interpreter in this process, so one test runs them all in another
+
+
+if not IN_THIS_PROCESS:
+    for _test in [obj for name, obj in globals().items() if name.startswith("test_") and callable(obj)]:
+        _test.__test__ = False  # pytest collects only test_in_a_fresh_process below
+
+    def test_in_a_fresh_process():
+        assert not os.environ.get(FRESH_PROCESS_VAR), "triton is imported before this module even in a fresh process"
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        src = os.path.dirname(os.path.dirname(os.path.dirname(hyper_pkg.__file__)))  # the hypermlp under test
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env[FRESH_PROCESS_VAR] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__)],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        assert " passed" in done.stdout and "test_in_a_fresh_process" not in done.stdout, done.stdout[-3000:]
