@@ -246,7 +246,6 @@ class _HyperTriton(torch.autograd.Function):
         kw = {k: ctx.kw[k] for k in ("glu", "offset", "block_m", "block_n")}
         with autocast_off(grad_out.device):
             grads = _launch_backward(ops, ctx.meta, saved, grad_out, **kw)
-        # each gradient in its input's dtype; None where the input is absent or needs none
         # the tables' A and B back from rank-major; each gradient in its input's dtype; None where
         # the input is absent or needs none
         grads = [g if i not in (5, 6, 8, 9) or g is None else g.transpose(1, 2) for i, g in enumerate(grads)]

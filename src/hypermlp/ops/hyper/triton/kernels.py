@@ -133,7 +133,7 @@ def hyper_fwd_kernel(
     readout before 1/rho), all linear in T."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    bi = pid_bh // H
+    bi = (pid_bh // H).to(tl.int64)  # int64: the offsets of large (b, heads, S, d) tensors pass 2^31
     h = pid_bh % H
     HQ = 2 * H if GLU else H
     hc = H + h  # the scale branch's score head (HyperGLU)
@@ -321,7 +321,7 @@ def hyper_bwd_kernel(
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    bi = pid_bh // H
+    bi = (pid_bh // H).to(tl.int64)  # int64: the offsets of large (b, heads, S, d) tensors pass 2^31
     h = pid_bh % H
     HQ = 2 * H if GLU else H
     hc = H + h
