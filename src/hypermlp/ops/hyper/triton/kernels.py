@@ -297,7 +297,7 @@ def _score_head_backward(d_z1, z0, q, k_ptr, dk_ptr, A1_ptr, dA1_ptr, dB1_ptr, d
     k = tl.load(k_ptr + k_off, mask=k_mask, other=0.0)
     dk = _mm_tn(d_z0, q)  # (BLOCK_N, BLOCK_D)
     tl.atomic_add(dk_ptr + k_off, dk, mask=k_mask, sem="relaxed")
-    return _mm_nn(d_z0, k, 16)
+    return _mm_nn(d_z0, k, 16)  # 16: the backward always has BLOCK_M >= 16 rows (tl.dot)
 
 
 @triton.jit
