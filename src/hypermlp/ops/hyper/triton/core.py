@@ -193,8 +193,8 @@ def _launch_forward(ops: _Operands, meta: _Meta, out: Tensor, *, glu, offset, ep
 
 
 def _launch_backward(ops: _Operands, meta: _Meta, saved, grad_out: Tensor, *, glu, offset, block_m, block_n):
-    """``hyper_bwd_kernel``: the gradients of q k v s1 s2 A1 B1 p1 A2 B2 p2 (None for the absent
-    ones), in the compute dtype. The readout's step runs here in torch (linear in T):
+    """``hyper_bwd_kernel``: the gradients of q k v s1 s2 A1 B1 p1 A2 B2 p2 in the inputs' layout
+    (None for the absent ones), in the compute dtype. The readout's step runs here in torch (linear in T):
     d_o = dO / rho and the coefficient -inv_rho^3 (dO . o_raw) of rho's gradient."""
     kernels = _kernels()
     u1, u2, inv_rho, o_raw = saved
@@ -217,6 +217,9 @@ def _launch_backward(ops: _Operands, meta: _Meta, saved, grad_out: Tensor, *, gl
             m.t, m.s, offset, m.h, m.table_len, m.dk, m.dv, m.r,
             GLU=glu, MIX1=m.mix1, MIX2=m.mix2, HAS_VALID=m.has_valid, **_blocks(m, block_m, block_n),
         )
+    # A and B back from rank-major to the tables' (heads, L, r)
+    t1 = t1 and (t1[0].transpose(1, 2), t1[1].transpose(1, 2), t1[2])
+    t2 = t2 and (t2[0].transpose(1, 2), t2[1].transpose(1, 2), t2[2])
     return (dq, dk, dv, ds1, ds2, *(t1 or (None,) * 3), *(t2 or (None,) * 3))
 
 
@@ -246,9 +249,7 @@ class _HyperTriton(torch.autograd.Function):
         kw = {k: ctx.kw[k] for k in ("glu", "offset", "block_m", "block_n")}
         with autocast_off(grad_out.device):
             grads = _launch_backward(ops, ctx.meta, saved, grad_out, **kw)
-        # the tables' A and B back from rank-major; each gradient in its input's dtype; None where
-        # the input is absent or needs none
-        grads = [g if i not in (5, 6, 8, 9) or g is None else g.transpose(1, 2) for i, g in enumerate(grads)]
+        # each gradient in its input's dtype; None where the input is absent or needs none
         return (None, None, *(None if g is None or not need else g.to(dt)
                               for g, need, dt in zip(grads, ctx.needs_input_grad[2:], ctx.dtypes)))
 
