@@ -12,10 +12,10 @@ own (the core's hand-derived backward, itself a custom op).
 One schema serves every core (``CORE_SCHEMA``): the operands of ``CoreArgs.flat()`` (optional
 gates and tables are ``Tensor?``), the key padding, then the settings. A core becomes an op through
 ``define_core_op(name, kernels)``, which takes a ``CoreKernels``: its forward (returning what its
-backward needs), its backward, and the shapes of those residuals for tracing. Two ways to build
-one: ``CHUNKED_KERNELS`` (the chunked core: saves the raw readout, 1/rho and z A of each mixing,
-the backward recomputes per block) and ``recompute_kernels(fn)`` for any differentiable core
-function (no residuals; the backward reruns ``fn`` under autograd).
+backward needs), its backward, and the shapes of those residuals for tracing: ``CHUNKED_KERNELS`` (the chunked core:
+saves the raw readout, 1/rho and z A of each mixing, the backward recomputes per block) and
+``triton_kernels()`` (the Triton core's forward and fused backward, when ops/hyper/triton is
+present: ``triton_op`` / ``triton_decode_op``, else None).
 
 Every tensor an op returns is contiguous (one copy, linear in T, where a core returns a
 transposed view), so the tracing shapes are plain ``new_empty`` tensors whatever the core.
@@ -55,11 +55,13 @@ class CoreKernels:
         backward needs beyond the inputs (a list; empty when ``keep`` is False).
     backward(grad_out, args, key_valid, st, residuals, needs) -> CoreArgs of gradients, None where
         ``needs`` (a CoreArgs of bools) is False.
-    fake_residuals(args, st) -> the residuals' shapes and dtypes as empty tensors (for tracing)."""
+    fake_residuals(args, st) -> the residuals' shapes and dtypes as empty tensors (for tracing).
+    check(args, key_valid, glu, offset): raises on inputs the core cannot take, or None."""
 
     forward: Callable[..., Tuple[Tensor, List[Tensor]]]
     backward: Callable[..., CoreArgs]
     fake_residuals: Callable[..., List[Tensor]]
+    check: Optional[Callable[..., None]] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,32 +102,68 @@ def _chunked_fake_residuals(args: CoreArgs, st: Settings) -> List[Tensor]:
 CHUNKED_KERNELS = CoreKernels(_chunked_forward, _chunked_backward, _chunked_fake_residuals)
 
 
-def recompute_kernels(fn: Callable[..., Tensor]) -> CoreKernels:
-    """``CoreKernels`` for any differentiable core ``fn`` with ``hyper_core_chunked``'s signature
-    less chunk_size (e.g. the Triton core, or the reference in the tests): the forward keeps no
-    residuals and the backward reruns ``fn`` under autograd on detached copies of the inputs."""
+# ----------------------------------------------------------------------------------------------
+# the Triton core's kernels (ops/hyper/triton, when that package is present): its forward saves
+# u1, u2, 1/rho and the raw readout, its fused backward reads them. layout="left" has no kernel
+# there: it takes the chunked kernels, as hyper_core_triton does.
 
-    def call(args: CoreArgs, key_valid, st: Settings):
-        return fn(*args, glu=st.glu, layout=st.layout, offset=st.offset, eps=st.eps, key_valid=key_valid)
+
+def triton_kernels() -> Optional[CoreKernels]:
+    """``CoreKernels`` over ``ops/hyper/triton/core.py``, or None when that package is absent or
+    does not have the pieces used here. Importing it does not import triton."""
+    try:
+        from .triton import core as tc
+    except ImportError:
+        return None
+    if not all(hasattr(tc, n) for n in ("_prepare", "_launch_forward", "_launch_backward", "_check_shapes",
+                                        "DEFAULT_BLOCK_M", "DEFAULT_BLOCK_N")):
+        return None
+    blocks = dict(block_m=tc.DEFAULT_BLOCK_M, block_n=tc.DEFAULT_BLOCK_N)
+
+    def prepare(args: CoreArgs, key_valid):
+        return tc._prepare(args.q, args.k, args.v, args.s1, args.s2, args.mix1, args.mix2, key_valid)
 
     def forward(args, key_valid, st, keep):
-        with torch.no_grad():
-            return call(args, key_valid, st), []
+        if not st.lag:
+            return _chunked_forward(args, key_valid, st, keep)
+        ops, meta = prepare(args, key_valid)
+        out = args.q.new_empty(args.q.shape[0], meta.h, meta.t, meta.dv)
+        saved = tc._launch_forward(ops, meta, out, glu=st.glu, offset=st.offset, eps=st.eps, save=keep, **blocks)
+        if not keep:
+            return out, []
+        u1, u2, inv_rho, o_raw = saved  # u of an absent mixing is a stand-in: not returned
+        return out, [u1 if meta.mix1 else _empty(out), u2 if meta.mix2 else _empty(out), inv_rho, o_raw]
 
     def backward(grad_out, args, key_valid, st, residuals, needs):
-        flat, flags = args.flat(), needs.flat()
-        leaves = [None if x is None else x.detach().requires_grad_(bool(need)) for x, need in zip(flat, flags)]
-        wanted = [x for x, need in zip(leaves, flags) if x is not None and need]
-        with torch.enable_grad():
-            out = call(CoreArgs.from_flat(leaves), key_valid, st)
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
-        result = [next(grads) if x is not None and need else None for x, need in zip(leaves, flags)]
-        # a gradient autograd found unused is a zero one
-        result = [torch.zeros_like(x) if g is None and x is not None and need else g
-                  for g, x, need in zip(result, flat, flags)]
-        return CoreArgs.from_flat(result)
+        if not st.lag:
+            return _chunked_backward(grad_out, args, key_valid, st, residuals, needs)
+        if not residuals:
+            residuals = forward(args, key_valid, st, keep=True)[1]
+        ops, meta = prepare(args, key_valid)
+        u1, u2, inv_rho, o_raw = residuals
+        saved = (u1 if meta.mix1 else ops.q, u2 if meta.mix2 else ops.q, inv_rho, o_raw)
+        grads = tc._launch_backward(ops, meta, saved, grad_out, glu=st.glu, offset=st.offset, **blocks)
+        return CoreArgs.from_flat([None if g is None or not need else g.to(x.dtype)
+                                   for g, need, x in zip(grads, needs.flat(), args.flat())])
 
-    return CoreKernels(forward, backward, lambda args, st: [])
+    def fake_residuals(args, st):
+        if not st.lag:
+            return _chunked_fake_residuals(args, st)
+        q, v = args.q, args.v
+        dtype = compute_dtype(q.dtype)
+        (batch, hq, t, _), h, dv = q.shape, v.shape[1], v.shape[3]
+
+        def u(gate, heads):
+            return _empty(q) if gate is None else q.new_empty(batch, heads, t, gate.shape[-1], dtype=dtype)
+
+        s1 = args.s1 if args.mix1 is not None else None
+        s2 = args.s2 if args.mix2 is not None else None
+        return [u(s1, hq), u(s2, h), q.new_empty(batch, h, t, dtype=dtype), q.new_empty(batch, h, t, dv, dtype=dtype)]
+
+    def check(args: CoreArgs, key_valid, glu: bool, offset: int):
+        tc._check_shapes(args.q, args.k, args.v, args.s1, args.s2, args.mix1, args.mix2, glu, offset, key_valid)
+
+    return CoreKernels(forward, backward, fake_residuals, check)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +243,8 @@ class CoreOp:
         check_layout(layout)
         args = CoreArgs(q, k, v, None if mix1 is None else s1, None if mix2 is None else s2,
                         None if mix1 is None else Tables(*mix1), None if mix2 is None else Tables(*mix2))
+        if self.kernels.check is not None:
+            self.kernels.check(args, key_valid, glu, offset)
         flat = args.flat()
         keep = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in flat)
         out, _ = self.forward_op(*flat, key_valid, glu, layout, offset, float(eps), max(1, int(chunk_size)), keep)
@@ -246,3 +286,15 @@ class DecodeOp:
 
 chunked_op = CoreOp("hyper_core_chunked", CHUNKED_KERNELS)
 decode_op = DecodeOp("hyper_core_decode", hyper_core_decode)
+
+
+def _triton_ops():
+    kernels = triton_kernels()
+    if kernels is None:
+        return None, None
+    from .triton import hyper_core_decode_triton
+
+    return CoreOp("hyper_core_triton", kernels), DecodeOp("hyper_core_decode_triton", hyper_core_decode_triton)
+
+
+triton_op, triton_decode_op = _triton_ops()  # None without ops/hyper/triton
