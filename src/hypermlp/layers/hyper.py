@@ -72,7 +72,7 @@ class _HyperBase(ProjectedMixer):
             self.seq_mix1.tables() if cfg.mix1 else None,
             self.seq_mix2.tables() if cfg.mix2 else None,
             glu=self.glu, layout=cfg.layout, offset=offset, eps=cfg.rho_eps, key_valid=key_valid,
-            impl=cfg.impl, chunk_size=cfg.chunk_size,
+            impl=cfg.impl, chunk_size=cfg.chunk_for(x.device),
         )
         return self.finish(o, x, mask, sees_bad)  # (B, T, d)
 
