@@ -43,3 +43,20 @@ def test_a_model_with_every_mixer_trains_under_autocast(dtype):
     tables = [p for n, p in model.named_parameters() if ".seq_mix" in n]
     assert len(tables) == 3 * 4  # A, B, p of R(1) and R(2) in the HyperGLU and HyperMLP layers
     assert all(p.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in tables)
+
+
+def test_a_long_sequence_stays_finite_under_bf16_autocast():
+    # the longest CI can afford (T = 8192 runs ~1 min on 2 CPU cores; the CUDA bench checks it)
+    from hypermlp.layers import HyperGLU
+
+    torch.manual_seed(0)
+    t = 2048
+    layer = HyperGLU(d_model=16, n_heads=1, max_len=t, seq_rank=4, chunk_size=256)
+    x = (torch.randn(1, t, 16) * 4).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().mean().backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
