@@ -7,15 +7,16 @@ own (the core's hand-derived backward, itself a custom op).
     hypermlp::hyper_core_chunked            forward: (out, residuals), residuals only when kept
     hypermlp::hyper_core_chunked_backward   the 11 gradients (empty where none is needed)
     hypermlp::hyper_core_decode             one decoded token, no autograd
-    hypermlp::hyper_core_triton[_backward]  the same for the Triton core, when it is installed
+    hypermlp::hyper_core_triton[_backward]  the same for the Triton core, when ops/hyper/triton is
+    hypermlp::hyper_core_decode_triton      present (``triton_op`` / ``triton_decode_op``, else None)
 
 One schema serves every core (``CORE_SCHEMA``): the operands of ``CoreArgs.flat()`` (optional
-gates and tables are ``Tensor?``), the key padding, then the settings. A core becomes an op through
-``define_core_op(name, kernels)``, which takes a ``CoreKernels``: its forward (returning what its
-backward needs), its backward, and the shapes of those residuals for tracing: ``CHUNKED_KERNELS`` (the chunked core:
-saves the raw readout, 1/rho and z A of each mixing, the backward recomputes per block) and
-``triton_kernels()`` (the Triton core's forward and fused backward, when ops/hyper/triton is
-present: ``triton_op`` / ``triton_decode_op``, else None).
+gates and tables are ``Tensor?``), the key padding, then the settings. ``CoreOp(name, kernels)``
+makes a core an op from a ``CoreKernels``: its forward (returning what its backward needs), its
+backward, and the shapes of those residuals for tracing. Two exist: ``CHUNKED_KERNELS`` (the
+chunked core: saves the raw readout, 1/rho and z A of each mixing; the backward recomputes per
+block) and ``triton_kernels()`` (the Triton core's forward and fused backward). ``DecodeOp``
+does the same for a decode step, which has no autograd.
 
 Every tensor an op returns is contiguous (one copy, linear in T, where a core returns a
 transposed view), so the tracing shapes are plain ``new_empty`` tensors whatever the core.
