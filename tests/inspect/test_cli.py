@@ -10,6 +10,7 @@ import torch
 from hypermlp.cli import main
 from hypermlp.models import LanguageModel, ModelConfig
 
+from ..cli.helpers import TEXT, lm_args
 from ..helpers import assert_one_line_error, snapshot
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,13 +61,13 @@ def _check_written(capsys, out, expected):
 def test_inspect_a_task_example_of_a_trained_run(mad_run, tmp_path, capsys):
     out = str(tmp_path / "inspect")
     assert main(["inspect", "--checkpoint", mad_run, "--task", "mad:in_context_recall", "--example", "1", "--out", out,
-                 "--batch-size", "4"]) == 0
+                 "--batch-size", "4", "--layers", "0"]) == 0
     per_layer = ["memory", "sparsity", "mixing", "glu"]
-    report = _check_written(capsys, out, [f"layer{i}_{k}.png" for i in (0, 1) for k in per_layer])
+    report = _check_written(capsys, out, [f"layer0_{k}.png" for k in per_layer])
     assert "example 1 of the test split of mad:in_context_recall (12 tokens)" in report
     assert "run's recorded data settings (run.yaml), seed 0" in report
     assert "the first 4 examples of the test split" in report
-    assert report.count("| 0 |") == 2 and report.count("| 1 |") == 2  # a row per head and layer
+    assert report.count("| 0 |") == 1 and report.count("| 1 |") == 1  # a row per head
 
     # one layer and head of the validation split; an existing report needs --force
     args = ["inspect", "--checkpoint", mad_run, "--task", "mad:in_context_recall", "--example", "0", "--split", "val",
@@ -76,7 +77,8 @@ def test_inspect_a_task_example_of_a_trained_run(mad_run, tmp_path, capsys):
     assert snapshot(out) == before
     assert main(args + ["--force"]) == 0
     report = _check_written(capsys, out, [f"layer1_{k}.png" for k in per_layer])
-    assert "of the val split" in report and "## Layer 0" not in report
+    assert "of the val split" in report and "## Layer 0" not in report and "## Layer 1: hyperglu" in report
+    assert report.count("| 0 |") == 1 and "| 1 |" not in report
 
 
 def test_inspect_a_prompt_of_a_text_model(text_model, tmp_path, capsys):
@@ -87,6 +89,29 @@ def test_inspect_a_prompt_of_a_text_model(text_model, tmp_path, capsys):
     assert "prompt 'hello' (5 tokens)" in report and "`h` `e` `l` `l` `o`" in report
     assert "the prompt itself" in report  # no run.yaml: no validation text to average over
     assert "## Layer 1: softmax" in report
+    # the table's strongest slots of the last query are those of the probe
+    from hypermlp.inspect import flip_layout, probe
+
+    model = LanguageModel.load(text_model)
+    for layer, lp in probe(model, torch.tensor([list(b"hello")])).items():
+        for row, head in enumerate(lp.heads):
+            weights = flip_layout(lp.trace.weights[0, row])[-1]  # the last query's weights by key
+            keys = weights.argsort(descending=True)[:3].tolist()
+            listed = [line for line in report.split(f"## Layer {layer}")[1].splitlines() if line.startswith(f"| {head} |")][0]
+            assert re.findall(r"key (\d)", listed) == [str(k) for k in keys], listed
+
+
+def test_sparsity_mean_over_the_runs_validation_windows(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    run = tmp_path / "lm"
+    assert main(lm_args(str(corpus), run, "--steps", "2", "--mixer", "relu", "--n-layers", "1")) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "inspect")
+    assert main(["inspect", "--checkpoint", str(run), "--prompt", "def f3(x):", "--out", out, "--batch-size", "3"]) == 0
+    report = _check_written(capsys, out, ["layer0_memory.png", "layer0_sparsity.png"])  # ReLU attention: no mixing
+    assert "3 validation windows of 32 tokens from the run's corpus" in report
+    assert "## Layer 0: relu" in report
 
 
 def test_bad_requests_are_one_line_errors_before_any_work(mad_run, text_model, tmp_path, capsys):

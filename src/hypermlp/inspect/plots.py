@@ -22,7 +22,7 @@ from .probe import LayerProbe, flip_layout, mixing_operator
 
 __all__ = ["memory_figure", "sparsity_figure", "mixing_figure", "glu_figure", "MAX_LABELS"]
 
-MAX_LABELS = 40  # token labels on the axes up to this many tokens; positions beyond
+MAX_LABELS = 64  # token labels on the axes up to this many tokens; positions beyond
 DPI = 80
 
 
@@ -33,6 +33,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _panel_size(labels: Optional[Sequence[str]]) -> float:
+    """Inches per map: larger when token labels are drawn, so that they stay readable."""
+    if labels is None or len(labels) > MAX_LABELS:
+        return 3.2
+    return max(3.2, 0.085 * len(labels) + 1.2)
 
 
 def _grid(rows: int, cols: int, size: float = 3.2):
@@ -63,14 +70,15 @@ def _heatmap(ax, values: torch.Tensor, title: str, labels: Optional[Sequence[str
         im = ax.imshow(data, cmap=cmap, vmin=0.0, interpolation="nearest")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
     t, s = data.shape
     if labels is not None and max(t, s) <= MAX_LABELS:
-        ax.set_xticks(range(s), labels[:s], rotation=90, fontsize=6)
-        ax.set_yticks(range(t), labels[:t], fontsize=6)
+        ax.set_xticks(range(s), labels[:s], rotation=90, fontsize=5)
+        ax.set_yticks(range(t), labels[:t], fontsize=5)
+        xlabel, ylabel = f"{xlabel} 0-{s - 1} (ticks: its token)", f"{ylabel} 0-{t - 1} (ticks: its token)"
     else:
         ax.tick_params(labelsize=7)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
 
 
 def _key_map(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -88,7 +96,7 @@ def memory_figure(path: str, lp: LayerProbe, labels: Optional[List[str]], batch_
         panels = [("activated slots a", tr.a, False)]
         if lp.tables[1] is not None:
             panels.append(("slot weights after R(2)", tr.weights, True))
-    plt, fig, axes = _grid(len(lp.heads), len(panels))
+    plt, fig, axes = _grid(len(lp.heads), len(panels), _panel_size(labels))
     for row, head in enumerate(lp.heads):
         for col, (name, values, signed) in enumerate(panels):
             _heatmap(axes[row, col], _key_map(values[batch_index, row], tr.valid[batch_index, 0]), f"head {head}: {name}",
@@ -118,17 +126,16 @@ def _score_head_names(lp: LayerProbe) -> List[str]:
     return [f"head {h}" for h in lp.heads]
 
 
-def mixing_figure(path: str, lp: LayerProbe, n: int, valid_queries: torch.Tensor) -> None:
+def mixing_figure(path: str, lp: LayerProbe, n: int, batch_index: int = 0) -> None:
     """R(1) and R(2) over the first ``n`` lags, one row per (score or readout) head: p against
-    lag, and A diag(s) B^T for s the mean gate over the input's real positions
-    (``valid_queries`` (T,) bool)."""
+    lag, and A diag(s) B^T for s the mean gate over the input's positions (a typical gate)."""
     rows = []  # (mixing, head name, tables, head row, gate (r,))
     for name, tables, gates, names in (("R(1)", lp.tables[0], lp.gates[0], _score_head_names(lp)),
                                        ("R(2)", lp.tables[1], lp.gates[1], [f"head {h}" for h in lp.heads])):
         if tables is None:
             continue
         for i, head_name in enumerate(names):
-            rows.append((name, head_name, tables, i, gates[0, i][valid_queries].float().mean(0)))
+            rows.append((name, head_name, tables, i, gates[batch_index, i].float().mean(0)))
     plt, fig, axes = _grid(len(rows), 2)
     for r, (name, head_name, tables, i, gate) in enumerate(rows):
         p, m = mixing_operator(tables, gate, i, n, lp.layout)
@@ -147,7 +154,7 @@ def glu_figure(path: str, lp: LayerProbe, labels: Optional[List[str]], batch_ind
     """HyperGLU, per head: where the gate branch routes (ReLU(gate) > 0), the scale branch's
     magnitudes softplus(scale), and their product a, position x key."""
     tr = lp.trace
-    plt, fig, axes = _grid(len(lp.heads), 3)
+    plt, fig, axes = _grid(len(lp.heads), 3, _panel_size(labels))
     for row, head in enumerate(lp.heads):
         valid = tr.valid[batch_index, 0]
         pattern = _key_map((tr.routed[batch_index, row] > 0).float(), valid)

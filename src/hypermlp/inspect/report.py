@@ -51,8 +51,8 @@ def _check_request(prompt, task, example, split, batch_size, out, force) -> None
 def _top_slots(lp: LayerProbe, row: int, labels: List[str]) -> str:
     """The strongest real slots of the input's last query, 'key j (label) weight' each."""
     tr = lp.trace
-    w = flip_layout(tr.weights[0, row, -1:].float())[0]  # (S,) by key
-    valid = flip_layout(tr.valid[0, 0, -1:], fill=False)[0]
+    w = flip_layout(tr.weights[0, row].float())[-1]  # (S,) by key
+    valid = flip_layout(tr.valid[0, 0], fill=False)[-1]
     w = w.masked_fill(~valid, float("-inf"))
     k = min(TOP_SLOTS, int(valid.sum()))
     vals, keys = torch.topk(w, k) if k else (torch.empty(0), torch.empty(0, dtype=torch.long))
@@ -139,7 +139,7 @@ def run_inspect(
             files["sparsity"] = name
         if lp.tables[0] is not None or lp.tables[1] is not None:
             name = f"layer{i}_mixing.png"
-            plots.mixing_figure(os.path.join(out, name), lp, n, torch.ones(n, dtype=torch.bool))
+            plots.mixing_figure(os.path.join(out, name), lp, n)
             files["mixing"] = name
         if lp.kind == "hyperglu":
             name = f"layer{i}_glu.png"
