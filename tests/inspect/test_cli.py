@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from hypermlp.checkpoint import latest_checkpoint
 from hypermlp.cli import main
 from hypermlp.models import LanguageModel, ModelConfig
 
@@ -112,6 +113,10 @@ def test_sparsity_mean_over_the_runs_validation_windows(tmp_path, capsys):
     report = _check_written(capsys, out, ["layer0_memory.png", "layer0_sparsity.png"])  # ReLU attention: no mixing
     assert "3 validation windows of 32 tokens from the run's corpus" in report
     assert "## Layer 0: relu" in report
+    # --task lm: example N is validation window N
+    assert main(["inspect", "--checkpoint", str(run), "--task", "lm", "--example", "2", "--out", out, "--force"]) == 0
+    report = _check_written(capsys, out, ["layer0_memory.png", "layer0_sparsity.png"])
+    assert "example 2 of the val split of lm (32 tokens)" in report
 
 
 def test_bad_requests_are_one_line_errors_before_any_work(mad_run, text_model, tmp_path, capsys):
@@ -140,6 +145,12 @@ def test_bad_requests_are_one_line_errors_before_any_work(mad_run, text_model, t
         (base + ["--checkpoint", mad_run, "--task", "mad:selective_copying", "--example", "0"],
          ["trained on 'mad:in_context_recall', not 'mad:selective_copying'"]),
         (base + ["--checkpoint", mad_run, "--task", "mad:nope", "--example", "0"], ["unknown task 'mad:nope'"]),
+        # a checkpoint folder finds its run's run.yaml two levels up
+        (base + ["--checkpoint", latest_checkpoint(mad_run), "--task", "mad:selective_copying", "--example", "0"],
+         ["trained on 'mad:in_context_recall'"]),
+        # no run.yaml: the task's default data, which does not fit this model
+        (base + ["--checkpoint", text_model, "--task", "mad:in_context_recall", "--example", "0"],
+         ["in_context_recall has 16 tokens but the model's vocabulary has 256"]),
     ]
     for args, needles in cases:
         assert_one_line_error(capsys, main(args), *needles)

@@ -129,3 +129,15 @@ def test_bad_requests_are_clear_errors_and_no_hook_is_left():
         probe(torch.nn.Linear(2, 2), tokens)
     probe(model, tokens)
     assert all(not b.mixer._forward_pre_hooks for b in model.blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_probe_finite_float32_traces(dtype):
+    model = _model("chunked").to(dtype)
+    tokens = torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(5))
+    expected = _layer_outputs(model, tokens)
+    for i, p in probe(model, tokens).items():
+        assert p.trace.out.dtype == torch.float32 and torch.isfinite(p.trace.out).all()
+        assert torch.isfinite(p.trace.weights[p.trace.valid.expand_as(p.trace.weights)]).all()
+        rebuilt = model.blocks[i].mixer.finish(p.trace.out.to(dtype), p.x, p.mask, p.sees_bad)
+        torch.testing.assert_close(rebuilt.float(), expected[i].float(), atol=3e-2, rtol=3e-2)
