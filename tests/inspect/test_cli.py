@@ -62,13 +62,28 @@ def _check_written(capsys, out, expected):
 def test_inspect_a_task_example_of_a_trained_run(mad_run, tmp_path, capsys):
     out = str(tmp_path / "inspect")
     assert main(["inspect", "--checkpoint", mad_run, "--task", "mad:in_context_recall", "--example", "1", "--out", out,
-                 "--batch-size", "4", "--layers", "0"]) == 0
+                 "--batch-size", "6", "--layers", "0"]) == 0
     per_layer = ["memory", "sparsity", "mixing", "glu"]
     report = _check_written(capsys, out, [f"layer0_{k}.png" for k in per_layer])
     assert "example 1 of the test split of mad:in_context_recall (12 tokens)" in report
     assert "run's recorded data settings (run.yaml), seed 0" in report
-    assert "the first 4 examples of the test split" in report
+    assert "the first 6 examples of the test split" in report
     assert report.count("| 0 |") == 1 and report.count("| 1 |") == 1  # a row per head
+    # the table's sparsity: the probe's active fractions of the example and of the batch (probed in chunks)
+    import yaml
+
+    from hypermlp.inspect import active_fraction, probe
+    from hypermlp.tasks import build_task
+
+    record = yaml.safe_load(open(os.path.join(mad_run, "run.yaml")))
+    data = {k: v for k, v in record["data"].items() if k not in ("source", "vocab_size")}
+    test_inputs = build_task(record["task"], data, record["cache_dir"])[0].data.test_inputs
+    model = LanguageModel.load(latest_checkpoint(mad_run))
+    here = active_fraction(probe(model, test_inputs[1:2], layers=[0])[0].trace)[0]  # (H, T)
+    there = active_fraction(probe(model, test_inputs[:6], layers=[0])[0].trace).nanmean(0)  # (H, T)
+    for h in (0, 1):
+        row = f"| {h} | {float(here[h].nanmean()) * 100:.1f}% | {float(there[h].nanmean()) * 100:.1f}% |"
+        assert row in report, (row, report)
 
     # one layer and head of the validation split; an existing report needs --force
     args = ["inspect", "--checkpoint", mad_run, "--task", "mad:in_context_recall", "--example", "0", "--split", "val",

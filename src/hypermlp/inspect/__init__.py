@@ -16,6 +16,7 @@ matplotlib is imported only when plots are drawn.
 
 from .probe import (AttentionTrace, InspectError, LayerProbe, active_fraction, flip_layout, mixer_kind,
                     mixing_operator, probe)
+from .report import run_inspect
 
 __all__ = [
     "AttentionTrace",
@@ -28,10 +29,3 @@ __all__ = [
     "probe",
     "run_inspect",
 ]
-
-
-def run_inspect(*args, **kwargs):
-    """``hypermlp inspect``: see ``report.run_inspect``."""
-    from .report import run_inspect as run
-
-    return run(*args, **kwargs)

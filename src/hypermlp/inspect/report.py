@@ -22,6 +22,7 @@ __all__ = ["run_inspect", "SPLITS"]
 SPLITS = ("val", "test")
 REPORT = "inspect.md"
 TOP_SLOTS = 3  # the strongest slots of the last query listed per head
+BATCH_CHUNK = 4  # rows of the batch probed at once
 
 WHAT = {
     "hyperglu": "HyperGLU: a = softplus(z'_scale) * ReLU(z'_gate / rho) (docs/math.md §2.6)",
@@ -56,7 +57,12 @@ def _top_slots(lp: LayerProbe, row: int, labels: List[str]) -> str:
     w = w.masked_fill(~valid, float("-inf"))
     k = min(TOP_SLOTS, int(valid.sum()))
     vals, keys = torch.topk(w, k) if k else (torch.empty(0), torch.empty(0, dtype=torch.long))
-    return ", ".join(f"key {int(j)} (`{labels[int(j)]}`) {float(v):.3g}" for v, j in zip(vals, keys))
+    return ", ".join(f"key {int(j)} (`{_md(labels[int(j)])}`) {float(v):.3g}" for v, j in zip(vals, keys))
+
+
+def _md(label: str) -> str:
+    """A token label safe inside a code span of a markdown table."""
+    return label.replace("`", "'").replace("|", "\\|")
 
 
 def _layer_section(lp: LayerProbe, files: Dict[str, str], sparsity: Optional[tuple], labels: List[str]) -> List[str]:
@@ -117,7 +123,10 @@ def run_inspect(
         ex = task_example(model, folder, record, task, example, split, batch_size)
     model = model.to(device).eval()
     probes = probe(model, ex.tokens.to(device), layers, heads)  # checks layers and heads first
-    batch_probes = probe(model, ex.batch.to(device), layers, heads)
+    batch_fractions: Dict[int, List[torch.Tensor]] = {i: [] for i in probes}
+    for chunk in ex.batch.split(BATCH_CHUNK):  # a few rows at a time: a trace holds (rows, H, T, T) tensors
+        for i, lp in probe(model, chunk.to(device), layers, heads).items():
+            batch_fractions[i].append(active_fraction(lp.trace))
 
     os.makedirs(out, exist_ok=True)
     n = ex.tokens.shape[1]
@@ -132,7 +141,7 @@ def run_inspect(
         sparsity = None
         if lp.kind != "softmax":
             here = active_fraction(lp.trace)[0]  # (H, T)
-            there = active_fraction(batch_probes[i].trace).nanmean(0)  # (H, T')
+            there = torch.cat(batch_fractions[i]).nanmean(0)  # (H, T')
             sparsity = (here, there)
             name = f"layer{i}_sparsity.png"
             plots.sparsity_figure(os.path.join(out, name), lp, here, there, ex.batch_description)
@@ -156,7 +165,7 @@ def run_inspect(
         f"- model: {cfg.n_layers} layers of {', '.join(dict.fromkeys(cfg.mixers()))}, d_model {cfg.d_model}, "
         f"vocabulary {cfg.vocab_size}, max_len {cfg.max_len}",
         f"- input: {ex.description}",
-        f"- tokens: {' '.join(f'`{t}`' for t in labels)}" if n <= 256 else f"- tokens: {n} (not listed)",
+        f"- tokens: {' '.join(f'`{_md(t)}`' for t in labels)}" if n <= 256 else f"- tokens: {n} (not listed)",
         f"- batch mean (sparsity): {ex.batch_description}",
         f"- layers shown: {shown}",
         "- computed by the readable reference core (`hyper_core_trace`, one query at a time; softmax directly); "
