@@ -462,6 +462,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- inspect
+def _index_list(text: Optional[str], flag: str) -> Optional[List[int]]:
+    """'0,2' -> [0, 2]; None -> None (all)."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from .inspect import InspectError, run_inspect
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no GPU is available")
+    device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
+    try:
+        written = run_inspect(args.checkpoint, args.out, prompt=args.prompt, task=args.task, example=args.example,
+                              split=args.split, layers=_index_list(args.layers, "--layers"),
+                              heads=_index_list(args.heads, "--heads"), batch_size=args.batch_size, device=device,
+                              force=args.force)
+    except InspectError as e:
+        raise UsageError(str(e)) from None
+    print(f"hypermlp inspect: {written[0]} and {len(written) - 1} PNG(s) in {args.out}")
+    for path in written:
+        print(path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(argv: List[str]) -> int:
     """``hypermlp bench ...`` is ``python -m hypermlp.bench ...`` (its own parser and --help)."""
@@ -546,6 +578,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="write the results as JSON to this file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="look inside a trained model: activated slots, sparsity, mixings",
+                       description="Probe one input through a checkpoint's model with the readable reference core "
+                                   "and write per layer and head PNGs (activated memory, sparsity, the R(1) / R(2) "
+                                   "mixings, HyperGLU routing versus magnitude; softmax: attention weights) and "
+                                   "one inspect.md that shows them.")
+    p.add_argument("--checkpoint", required=True, help="a run folder (uses its newest checkpoint) or a checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text to probe (a text model)")
+    src.add_argument("--task", help="mad:<name>, mqar or lm: probe an example of the task's data, rebuilt from the "
+                                    "run's run.yaml")
+    p.add_argument("--example", type=int, help="with --task: the index of the example in --split")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="with --task: the split (default test)")
+    p.add_argument("--out", required=True, help="folder for inspect.md and the PNGs")
+    p.add_argument("--layers", help="comma list of layer indices (default all)")
+    p.add_argument("--heads", help="comma list of readout head indices (default all)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples or validation windows behind the mean "
+                                                              "sparsity (default 16)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier inspect.md in --out")
+    p.set_defaults(func=cmd_inspect)
 
     sub.add_parser("bench", help="speed/memory benchmarks (hypermlp bench --help)", add_help=False)
     return parser
