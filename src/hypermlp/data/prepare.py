@@ -56,7 +56,7 @@ __all__ = ["prepare_corpus", "DEFAULT_BPE_SAMPLE_BYTES"]
 
 DEFAULT_BPE_SAMPLE_BYTES = 100_000_000  # UTF-8 bytes of training text the BPE learns from, at most
 _READ_BYTES = 1 << 20  # text files are read in blocks of this many bytes
-_ENCODE_BATCH = 4  # chunks the BPE encodes at once (in parallel)
+_BPE_BATCH = 4  # chunks the BPE encodes at once (in parallel); bytes go one chunk at a time
 _JSONL, _PARQUET, _TEXT = "jsonl", "parquet", "text"
 
 VALIDATION_RULE = (
@@ -399,8 +399,8 @@ class _ShardWriter:
     """One split: its documents joined with the separator, cut by the shared chunker, encoded and
     appended to its file."""
 
-    def __init__(self, path: Path, encode, dtype: str):
-        self.path, self.encode, self.dtype = path, encode, np.dtype(dtype)
+    def __init__(self, path: Path, encode, batch: int, dtype: str):
+        self.path, self.encode, self.batch, self.dtype = path, encode, batch, np.dtype(dtype)
         self.file = open(path, "wb")
         self.chunker, self.pending = _Chunker(), []
         self.tokens = self.bytes = self.documents = 0
@@ -416,7 +416,7 @@ class _ShardWriter:
     def _push(self, text: str) -> None:
         self.bytes += len(text.encode("utf-8"))
         self.pending += self.chunker.push(text)
-        if len(self.pending) >= _ENCODE_BATCH:
+        if len(self.pending) >= self.batch:
             self._flush()
 
     def _flush(self) -> None:
@@ -551,8 +551,11 @@ def prepare_corpus(
 
         old = read_manifest(out)
         if old.get("key") != key:
-            raise DataError(f"{out} holds a prepared corpus of another input or other settings; pick another "
-                            f"--out (or remove it yourself)")
+            was = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+            diff = [f"{k} {was.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(was) | set(settings))
+                    if was.get(k) != settings.get(k)]
+            what = f"other settings ({', '.join(diff)})" if diff else "another input (its files or their sha256 differ)"
+            raise DataError(f"{out} holds a prepared corpus of {what}; pick another --out (or remove it yourself)")
         load_prepared(out)  # its shards are whole
         return {**old, "reused": True}
 
@@ -580,13 +583,13 @@ def _write(tmp: Path, data: Path, sources, rule, settings: dict, key: str, progr
             tok = _train_bpe_chunks(_bpe_sample(sources, rule, val_fraction, settings["bpe_sample_bytes"], sample,
                                                 bar), settings["bpe_vocab_size"])
         tok.save(str(tmp / "tokenizer.json"))
-        vocab, encode = int(tok.get_vocab_size()), _bpe_encoder(tok)
+        vocab, encode, batch = int(tok.get_vocab_size()), _bpe_encoder(tok), _BPE_BATCH
     else:
-        vocab, encode = 256, _byte_encoder
+        vocab, encode, batch = 256, _byte_encoder, 1
     dtype = settings["dtype"] if settings["dtype"] != "auto" else ("uint16" if vocab <= DTYPE_LIMITS["uint16"] else "uint32")
 
     # -- pass 3: tokenize every document into its split's shard
-    writers = {s: _ShardWriter(tmp / f"{s}.bin", encode, dtype) for s in SPLITS}
+    writers = {s: _ShardWriter(tmp / f"{s}.bin", encode, batch, dtype) for s in SPLITS}
     with _progress(total, "tokenize", progress) as bar:
         for split, pieces in _split_documents(sources, rule, val_fraction, bar):
             writers[split].add(pieces)
