@@ -116,7 +116,7 @@ def _progress(total: int, desc: str, enabled):
 
     # enabled None: a bar only on a terminal
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
-                disable=(None if enabled is None else not enabled), file=sys.stderr, leave=False)
+                disable=(None if enabled is None else not enabled), file=sys.stderr)
 
 
 # =========================================================================
@@ -593,8 +593,9 @@ def _write(tmp: Path, data: Path, sources, rule, settings: dict, key: str, progr
     with _progress(total, "tokenize", progress) as bar:
         for split, pieces in _split_documents(sources, rule, val_fraction, bar):
             writers[split].add(pieces)
-            bar.set_postfix(tokens=sum(w.tokens for w in writers.values()), refresh=False)
-    splits = {s: w.close() for s, w in writers.items()}  # a lone document counts once in each, as in load_corpus
+            bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}", refresh=False)
+        splits = {s: w.close() for s, w in writers.items()}  # a lone document counts once in each, as in load_corpus
+        bar.set_postfix(tokens=f"{sum(sp['tokens'] for sp in splits.values()):,}", refresh=False)
 
     manifest = {
         "format": PREPARED_FORMAT,
