@@ -215,6 +215,9 @@ def test_preparing_is_deterministic_and_a_second_run_reuses_the_folder(tmp_path)
     assert again["reused"] and again["key"] == first["key"]
     assert {f: os.stat(tmp_path / "a" / f).st_mtime_ns for f in files} == stamps  # not rewritten
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    # an --out inside the input is not read as input
+    inside = prepare_corpus(data, data / "prepared", **args)
+    assert inside["key"] == first["key"] and prepare_corpus(data, data / "prepared", **args)["reused"]
     # another input or setting is an error that names it, and leaves the folder alone
     with pytest.raises(DataError, match=r"other settings \(val_fraction 0.2 -> 0.3\)"):
         prepare_corpus(data, tmp_path / "a", **{**args, "val_fraction": 0.3})
@@ -322,3 +325,5 @@ def test_the_lm_task_trains_and_scores_from_the_shards_as_from_memory(tmp_path, 
     # the manifest fixes the tokenizer and the split
     with pytest.raises(ConfigError, match="val_fraction=0.05.*made with val_fraction=0.3"):
         build_task("lm", {"path": str(tmp_path / "prep"), "val_fraction": 0.05})
+    (data / "manifest.json").write_text('{"a text folder": "with a manifest of its own"}')
+    assert not is_prepared(data)  # still a folder of text documents

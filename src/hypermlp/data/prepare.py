@@ -79,6 +79,7 @@ class _Source:
     size: int = 0
     sha256: str = ""
     mtime_ns: int = 0
+    problem: str = ""  # why a text file is no document: empty, not UTF-8 text, or unreadable (...)
     documents: int = 0  # non-empty documents
     skipped: int = 0  # records (or, for text, the file) left out
     text_bytes: int = 0  # UTF-8 bytes of its documents
@@ -162,11 +163,12 @@ def _scan_text(src: _Source, bar) -> None:
     except UnicodeDecodeError:
         ok = False
     except OSError as e:
-        src.sha256, ok = "unreadable: " + (e.strerror or str(e)), False
+        src.sha256, src.problem, ok = "", f"cannot read file ({e.strerror or e})", False
     if ok and chars:
         src.documents, src.first_chars = 1, chars
-    else:
-        src.skipped, src.text_bytes = 1, 0
+        return
+    src.skipped, src.text_bytes = 1, 0
+    src.problem = src.problem or ("file is empty" if ok else "not UTF-8 text (binary or undecodable)")
 
 
 def _text_pieces(src: _Source, bar) -> Iterator[str]:
@@ -237,20 +239,22 @@ def _parquet_file(path: Path):
     return pf
 
 
-def _parquet_records(src: _Source, bar) -> Iterator[tuple[int, str | None]]:
+def _parquet_records(src: _Source) -> Iterator[tuple[int, str | None]]:
     """(row index, text or None for a row left out) of every row, one record batch at a time."""
+    st = src.path.stat()
+    if src.sha256 and (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
+        raise DataError(f"{src.path}: changed while being prepared (its size or time differs from the scan's)")
     pf = _parquet_file(src.path)
     i = 0
     for batch in pf.iter_batches(batch_size=1024, columns=["text"]):
         for text in batch.column(0).to_pylist():
-            if text is not None:
-                bar.update(len(text.encode("utf-8")))
             yield i, (text if text is not None and _keep(text) else None)
             i += 1
 
 
 def _records(src: _Source, bar) -> Iterator[tuple[int, str | None]]:
-    return _jsonl_records(src, bar) if src.format == _JSONL else _parquet_records(src, bar)
+    """(index, text or None) of every record of a JSONL or Parquet file (``bar``: JSONL bytes read)."""
+    return _jsonl_records(src, bar) if src.format == _JSONL else _parquet_records(src)
 
 
 def _file_sha256(path: Path, bar) -> str:
@@ -286,7 +290,7 @@ def _scan(sources: list[_Source], rule: _ValSplit, enabled) -> None:
                     src.sha256 = _file_sha256(src.path, bar)
                 except OSError as e:
                     raise DataError(f"{src.path}: cannot read file ({e.strerror or e})") from None
-            for i, text in _records(src, _NullBar() if src.format == _PARQUET else bar):
+            for i, text in _records(src, bar):
                 if text is None:
                     src.skipped += 1
                     continue
@@ -313,11 +317,7 @@ def _check_documents(data: Path, sources: list[_Source], rule: _ValSplit) -> Non
     if len(sources) == 1 and data.is_file():
         src = sources[0]
         if src.format == _TEXT:
-            if src.size == 0:
-                raise DataError(f"{data}: file is empty")
-            if src.sha256.startswith("unreadable: "):
-                raise DataError(f"{data}: cannot read file ({src.sha256[len('unreadable: '):]})")
-            raise DataError(f"{data}: not UTF-8 text (binary or undecodable)")
+            raise DataError(f"{data}: {src.problem}")
         what = "empty Parquet file" if src.format == _PARQUET else "empty JSONL file"
         if src.skipped:
             what = f"all {src.skipped} records empty or holding a NUL"
@@ -330,8 +330,9 @@ def _check_documents(data: Path, sources: list[_Source], rule: _ValSplit) -> Non
 # =========================================================================
 # passes 2 and 3: the documents of each split, in order
 # =========================================================================
-def _documents(sources: list[_Source], bar) -> Iterator[tuple[str, Iterator[str]]]:
+def _documents(sources: list[_Source]) -> Iterator[tuple[str, Iterator[str]]]:
     """(name, text pieces) of every document, in order (the pieces must be read before the next)."""
+    bar = _NullBar()  # these passes count the text they use, not the bytes read
     for src in sources:
         if not src.documents:
             continue
@@ -343,25 +344,25 @@ def _documents(sources: list[_Source], bar) -> Iterator[tuple[str, Iterator[str]
                 yield f"{src.rel}:{i}", iter((text,))
 
 
-def _split_documents(sources, rule: _ValSplit, val_fraction: float, bar) -> Iterator[tuple[str, Iterator[str]]]:
-    """(split, text pieces) of every piece of a split's document, documents in order: a lone
-    document gives its head to train and its tail to val."""
+def _split_documents(sources, rule: _ValSplit, val_fraction: float) -> Iterator[tuple[str, Iterator[str]]]:
+    """(split, text pieces) of every document, in order: a lone document gives its head to
+    train and its tail to val."""
     if rule.n == 1:
         lone = next(s for s in sources if s.documents)
-        name, pieces = next(_documents(sources, bar))
-        head, tail = _cut_tail(pieces, lone.first_chars, val_fraction)
+        _, pieces = next(_documents(sources))
+        head, tail = _cut_tail(pieces, lone.first_chars, val_fraction, lone.path)
         yield "train", head
         yield "val", tail
         return
-    for index, (name, pieces) in enumerate(_documents(sources, bar)):
+    for index, (name, pieces) in enumerate(_documents(sources)):
         yield ("val" if rule.is_val(index, name) else "train"), pieces
 
 
-def _cut_tail(pieces: Iterator[str], n_chars: int, val_fraction: float):
+def _cut_tail(pieces: Iterator[str], n_chars: int, val_fraction: float, where: Path):
     """The head and the tail of one document streamed in ``pieces``, cut like ``load_corpus``
     cuts a lone document; the head must be read to its end before the tail."""
     lo, cut = _tail_cut(n_chars, val_fraction)
-    state = {"carry": "", "cut": None}
+    state = {"carry": ""}  # what the head read past the cut
 
     def head():
         pos = 0
@@ -383,7 +384,7 @@ def _cut_tail(pieces: Iterator[str], n_chars: int, val_fraction: float):
             yield window[:k]
             state["carry"] = window[k:] + rest
             return
-        raise DataError("a document ended before its validation cut: changed while being prepared")
+        raise DataError(f"{where}: the document ended before its validation cut: changed while being prepared")
 
     def tail():
         yield state["carry"]
@@ -399,25 +400,27 @@ class _ShardWriter:
     """One split: its documents joined with the separator, cut by the shared chunker, encoded and
     appended to its file."""
 
-    def __init__(self, path: Path, encode, batch: int, dtype: str):
-        self.path, self.encode, self.batch, self.dtype = path, encode, batch, np.dtype(dtype)
+    def __init__(self, path: Path, encode, batch: int, dtype: str, bar):
+        self.path, self.encode, self.batch, self.dtype, self.bar = path, encode, batch, np.dtype(dtype), bar
         self.file = open(path, "wb")
         self.chunker, self.pending = _Chunker(), []
         self.tokens = self.bytes = self.documents = 0
 
-    def add(self, pieces, new_document: bool = True) -> None:
-        if new_document:
-            if self.documents:
-                self._push(_DOC_SEPARATOR)
-            self.documents += 1
+    def add(self, pieces: Iterator[str]) -> None:
+        """Append a document (after the separator, unless it is the first)."""
+        if self.documents:
+            self._push(_DOC_SEPARATOR)
+        self.documents += 1
         for p in pieces:
-            self._push(p)
+            self.bar.update(self._push(p))
 
-    def _push(self, text: str) -> None:
-        self.bytes += len(text.encode("utf-8"))
+    def _push(self, text: str) -> int:
+        n = len(text.encode("utf-8"))
+        self.bytes += n
         self.pending += self.chunker.push(text)
         if len(self.pending) >= self.batch:
             self._flush()
+        return n
 
     def _flush(self) -> None:
         if self.pending:
@@ -450,11 +453,10 @@ def _bpe_encoder(tok):
 def _bpe_sample(sources, rule, val_fraction, bound: int, stats: dict, bar) -> Iterator[str]:
     """The chunks the BPE trains on: each training document cut by the chunker, in order, until
     the next chunk would take the sample past ``bound`` UTF-8 bytes."""
-    for split, pieces in _split_documents(sources, rule, val_fraction, bar):
+    for split, pieces in _split_documents(sources, rule, val_fraction):
         if split != "train":
             continue  # not read: a text file's pieces are read only when asked for
-        chunker = _Chunker()
-        stats["documents"] += 1
+        chunker, first = _Chunker(), True
         for p in itertools.chain(pieces, [None]):
             for c in (chunker.push(p) if p is not None else chunker.finish()):
                 n = len(c.encode("utf-8"))
@@ -462,6 +464,9 @@ def _bpe_sample(sources, rule, val_fraction, bound: int, stats: dict, bar) -> It
                     stats["complete"] = False
                     return
                 stats["bytes"] += n
+                stats["documents"] += first
+                first = False
+                bar.update(n)
                 yield c
         if rule.n == 1:
             return  # the lone document's tail is validation
@@ -589,9 +594,9 @@ def _write(tmp: Path, data: Path, sources, rule, settings: dict, key: str, progr
     dtype = settings["dtype"] if settings["dtype"] != "auto" else ("uint16" if vocab <= DTYPE_LIMITS["uint16"] else "uint32")
 
     # -- pass 3: tokenize every document into its split's shard
-    writers = {s: _ShardWriter(tmp / f"{s}.bin", encode, batch, dtype) for s in SPLITS}
     with _progress(total, "tokenize", progress) as bar:
-        for split, pieces in _split_documents(sources, rule, val_fraction, bar):
+        writers = {s: _ShardWriter(tmp / f"{s}.bin", encode, batch, dtype, bar) for s in SPLITS}
+        for split, pieces in _split_documents(sources, rule, val_fraction):
             writers[split].add(pieces)
             bar.set_postfix(tokens=f"{sum(w.tokens for w in writers.values()):,}", refresh=False)
         splits = {s: w.close() for s, w in writers.items()}  # a lone document counts once in each, as in load_corpus

@@ -43,8 +43,18 @@ _SCAN_IDS = 1 << 24  # ids per block of the vocabulary check
 
 
 def is_prepared(path) -> bool:
-    """Whether ``path`` is a folder holding a prepared corpus's manifest."""
-    return path is not None and os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
+    """Whether ``path`` is a prepared corpus's folder: it holds ``manifest.json`` and either that
+    names the format or a ``train.bin`` is beside it (so a damaged manifest of ours is reported,
+    while a text folder that merely has a manifest.json of its own is still read as text)."""
+    if path is None or not os.path.isfile(os.path.join(path, MANIFEST)):
+        return False
+    if os.path.isfile(os.path.join(path, "train.bin")):
+        return True
+    try:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
+            return PREPARED_FORMAT.encode() in f.read(4096)
+    except OSError:
+        return False
 
 
 def read_manifest(folder) -> dict:
