@@ -122,6 +122,16 @@ def test_a_prepared_corpus_holds_the_in_memory_tokens(tmp_path, small_pieces, to
         assert got.encode("béta 🙂").tolist() == ref.encode("béta 🙂").tolist()
 
 
+def test_uint32_shards_hold_the_same_ids(tmp_path):
+    data = tmp_path / "one.txt"
+    data.write_text(lines(100, 2))
+    m = prepare_corpus(data, tmp_path / "prep", dtype="uint32")
+    got, ref = load_prepared(tmp_path / "prep"), load_corpus(data)
+    assert m["dtype"] == "uint32" and got.train.dtype == np.dtype("<u4")
+    assert os.path.getsize(tmp_path / "prep" / "train.bin") == 4 * ref.train.numel()
+    assert torch.equal(ids_of(got.train), ref.train) and torch.equal(ids_of(got.val), ref.val)
+
+
 def test_the_bpe_trains_on_a_bounded_sample_of_the_first_training_documents(tmp_path):
     data = tmp_path / "corpus"
     data.mkdir()

@@ -35,6 +35,7 @@ whole; an ``out`` that already holds the prepare of the same input and settings 
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import itertools
 import json
@@ -50,7 +51,7 @@ import numpy as np
 from ..defaults import LM_DATA
 from .common import DataError
 from .shards import DTYPE_LIMITS, MANIFEST, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, SPLITS, load_prepared
-from .text import _DOC_SEPARATOR, _Chunker, _decode_text, _tail_cut, _train_bpe_chunks, _ValSplit, _walk_sorted
+from .text import _DOC_SEPARATOR, _bpe_ids, _Chunker, _tail_cut, _train_bpe_chunks, _ValSplit, _walk_sorted
 
 __all__ = ["prepare_corpus", "DEFAULT_BPE_SAMPLE_BYTES"]
 
@@ -442,12 +443,6 @@ def _byte_encoder(chunks: list[str]) -> np.ndarray:
     return np.frombuffer("".join(chunks).encode("utf-8"), dtype=np.uint8)
 
 
-def _bpe_encoder(tok):
-    def encode(chunks: list[str]) -> np.ndarray:
-        encs = tok.encode_batch(chunks)
-        return np.fromiter((i for e in encs for i in e.ids), dtype=np.int64)
-
-    return encode
 
 
 def _bpe_sample(sources, rule, val_fraction, bound: int, stats: dict, bar) -> Iterator[str]:
@@ -588,7 +583,7 @@ def _write(tmp: Path, data: Path, sources, rule, settings: dict, key: str, progr
             tok = _train_bpe_chunks(_bpe_sample(sources, rule, val_fraction, settings["bpe_sample_bytes"], sample,
                                                 bar), settings["bpe_vocab_size"])
         tok.save(str(tmp / "tokenizer.json"))
-        vocab, encode, batch = int(tok.get_vocab_size()), _bpe_encoder(tok), _BPE_BATCH
+        vocab, encode, batch = int(tok.get_vocab_size()), functools.partial(_bpe_ids, tok), _BPE_BATCH
     else:
         vocab, encode, batch = 256, _byte_encoder, 1
     dtype = settings["dtype"] if settings["dtype"] != "auto" else ("uint16" if vocab <= DTYPE_LIMITS["uint16"] else "uint32")

@@ -380,12 +380,17 @@ def _train_bpe_chunks(chunks: Iterable[str], vocab_size: int):
     return tok
 
 
+def _bpe_ids(tok, chunks: list[str]) -> np.ndarray:
+    """The BPE ids of ``chunks`` one after another, int64 (each chunk encoded on its own, in
+    parallel; without offsets where this tokenizers version can, which also keeps its memory flat)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return np.fromiter((i for e in encode(chunks) for i in e.ids), dtype=np.int64)
+
+
 def _bpe_encode(tok, text: str) -> torch.Tensor:
     if not text:
         return torch.zeros(0, dtype=torch.long)
-    encs = tok.encode_batch(_chunks(text))
-    ids = [i for e in encs for i in e.ids]
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.from_numpy(_bpe_ids(tok, _chunks(text)))
 
 
 def _load_bpe(path: Path):
