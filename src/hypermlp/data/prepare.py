@@ -8,6 +8,8 @@ walks one (sorted relative paths, hidden entries skipped) and read by suffix (``
 (a single file: its own name); record ``i`` (0-based line or row) of a JSONL or Parquet file
 ``f`` is the document ``f:i``. Text files that are unreadable, empty, not UTF-8 or hold a NUL
 byte are skipped, as ``load_corpus`` skips them; so are empty records and records with a NUL.
+A JSONL line that is not an object with a ``text`` string, or a Parquet file without a ``text``
+column of strings, is an error naming the file (and line).
 
 The split and the token stream are ``load_corpus``'s: a document is a validation document by
 the same hash rule (``text._ValSplit``; a lone document is cut at its tail, ``text._tail_cut``),

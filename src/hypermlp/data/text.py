@@ -336,13 +336,13 @@ class _Chunker:
     def push(self, text: str) -> list[str]:
         """The pieces complete once ``text`` is appended (a piece is complete when more than
         ``size`` characters follow its start)."""
-        self.rest += text
-        out = []
-        while len(self.rest) > self.size:
-            k = self.rest.rfind("\n", 1, self.size)
-            j = k + 1 if k != -1 else self.size
-            out.append(self.rest[:j])
-            self.rest = self.rest[j:]
+        rest, out, i = self.rest + text, [], 0
+        while len(rest) - i > self.size:  # by index: a long text is copied once, not once per piece
+            k = rest.rfind("\n", i + 1, i + self.size)
+            j = k + 1 if k != -1 else i + self.size
+            out.append(rest[i:j])
+            i = j
+        self.rest = rest[i:]
         return out
 
     def finish(self) -> list[str]:
