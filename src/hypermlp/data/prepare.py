@@ -52,7 +52,8 @@ import numpy as np
 
 from ..defaults import LM_DATA
 from .common import DataError
-from .shards import DTYPE_LIMITS, MANIFEST, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, SPLITS, load_prepared
+from .shards import (DTYPE_LIMITS, MANIFEST, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, SPLITS, load_prepared,
+                     read_manifest)
 from .text import _DOC_SEPARATOR, _bpe_ids, _Chunker, _tail_cut, _train_bpe_chunks, _ValSplit, _walk_sorted
 
 __all__ = ["prepare_corpus", "DEFAULT_BPE_SAMPLE_BYTES"]
@@ -549,8 +550,6 @@ def prepare_corpus(
     _check_documents(data, sources, rule)
     key = _settings_key(settings, sources)
     if reuse:
-        from .shards import read_manifest
-
         old = read_manifest(out)
         if old.get("key") != key:
             was = old.get("settings") if isinstance(old.get("settings"), dict) else {}
