@@ -157,7 +157,7 @@ def test_decode_equals_parallel_last_row(glu, padding):
 
 def test_dispatch(monkeypatch):
     calls = []
-    for name in ("hyper_core_triton", "hyper_core_decode_triton", "hyper_core_chunked", "hyper_core_decode"):
+    for name in ("triton_op", "triton_decode_op", "chunked_op", "decode_op"):  # the cores' custom ops
         real = getattr(hyper_pkg, name)
         monkeypatch.setattr(hyper_pkg, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
     inputs = on_device(make_inputs(True, t=1, offset=4, seed=1))
@@ -165,8 +165,8 @@ def test_dispatch(monkeypatch):
         inputs.call(hyper_core, glu=True, offset=4, impl="triton")  # a no-grad step at the end: decode
         inputs.call(hyper_core, glu=True, offset=4, impl="auto")
     out = inputs.call(hyper_core, glu=True, offset=4, impl="triton")  # gradients needed: the parallel kernel
-    auto = "hyper_core_decode_triton" if CUDA else "hyper_core_decode"  # auto: triton only for CUDA tensors
-    assert calls == ["hyper_core_decode_triton", auto, "hyper_core_triton"]
+    auto = "triton_decode_op" if CUDA else "decode_op"  # auto: triton only for CUDA tensors
+    assert calls == ["triton_decode_op", auto, "triton_op"]
     torch.testing.assert_close(out, inputs.call(hyper_core_reference, glu=True, offset=4), rtol=1e-10, atol=1e-12)
 
 
@@ -176,6 +176,9 @@ def test_left_layout_falls_back_to_chunked_with_a_warning():
     with pytest.warns(UserWarning, match="layout='left'"):
         out = inputs.call(hyper_core_triton, **kw)
     torch.testing.assert_close(out, inputs.call(hyper_core_chunked, **kw), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="layout='left'"):
+        dispatched = inputs.call(hyper_core, impl="triton", **kw)
+    torch.testing.assert_close(dispatched, out, rtol=0, atol=0)
 
 
 def test_bad_input_is_refused_before_any_work():

@@ -4,6 +4,7 @@
     chunked.py    hyper_core_chunked    query blocks with a hand-derived backward (training)
     decode.py     hyper_core_decode     one query at the end of the keys, no grad (cached decoding)
     layout.py     skew / unskew, table_rows: the key and lag layouts both fast paths rely on
+    custom_op.py  the chunked core and the decode step as torch.library ops (torch.compile)
     triton/       hyper_core_triton, hyper_core_decode_triton: the same core on fused Triton
                   kernels, forward and backward (CUDA; imports triton only when used)
 
@@ -12,11 +13,13 @@ README.md in this folder derives the chunked algorithm, the Triton kernels and t
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 
 from .chunked import hyper_core_chunked
+from .custom_op import chunked_op, decode_op, triton_decode_op, triton_op
 from .decode import hyper_core_decode
 from .layout import check_layout, skew, table_rows, unskew
 from .reference import Tables, hyper_core_reference
@@ -73,9 +76,11 @@ def hyper_core(
 
     impl="reference": the readable loop (``hyper_core_reference``), whatever the inputs.
     impl="chunked": ``hyper_core_decode`` for one query at the end of the keys when no gradient
-    is needed (a cached decoding step), else ``hyper_core_chunked`` in blocks of ``chunk_size``.
+    is needed (a cached decoding step), else ``hyper_core_chunked`` in blocks of ``chunk_size``;
+    both through their custom ops (``custom_op.py``: one opaque op each for torch.compile).
     impl="triton": the same split onto the Triton kernels (``hyper_core_decode_triton`` /
-    ``hyper_core_triton``, their own block sizes; CUDA tensors, or CPU under TRITON_INTERPRET=1).
+    ``hyper_core_triton``, their own block sizes), through their custom ops; CUDA tensors, or CPU
+    under TRITON_INTERPRET=1; layout="left" has no kernel and runs the chunked core, with a warning.
     impl="auto": "triton" for CUDA tensors in the lag layout when triton imports, else "chunked".
     """
     check_layout(layout)
@@ -86,11 +91,15 @@ def hyper_core(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         impl = "triton" if q.is_cuda and layout == "lag" and triton_available() else "chunked"
+    if impl == "triton" and layout == "left":
+        warnings.warn("impl='triton' has no kernel for layout='left' (an ablation); using the chunked core",
+                      stacklevel=2)
+        impl = "chunked"
     decode_step = _is_decode_step(q, k, offset, (q, k, v, s1, s2, *(mix1 or ()), *(mix2 or ())))
     if impl == "triton":
         if decode_step:
-            return hyper_core_decode_triton(q, k, v, s1, s2, mix1, mix2, **common)
-        return hyper_core_triton(q, k, v, s1, s2, mix1, mix2, **common)
+            return triton_decode_op(q, k, v, s1, s2, mix1, mix2, **common)
+        return triton_op(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)
     if decode_step:
-        return hyper_core_decode(q, k, v, s1, s2, mix1, mix2, **common)
-    return hyper_core_chunked(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)
+        return decode_op(q, k, v, s1, s2, mix1, mix2, **common)
+    return chunked_op(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)
