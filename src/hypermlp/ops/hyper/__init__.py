@@ -34,6 +34,7 @@ __all__ = [
     "hyper_core",
     "hyper_core_chunked",
     "hyper_core_decode",
+    "hyper_core_decode_triton",
     "hyper_core_reference",
     "hyper_core_triton",
     "skew",
