@@ -12,31 +12,7 @@ from hypermlp.config import ConfigError
 from hypermlp.models import LanguageModel
 from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint
 
-from .helpers import eval_records, recall_task, tiny_cfg, train_losses
-
-
-class Interrupt(Exception):
-    pass
-
-
-class FlakyTask:
-    """Wraps a task (everything else is the task's); its forward raises (or returns NaN) from a
-    given call on."""
-
-    def __init__(self, task, at_call, mode):
-        self._task, self._at, self._mode, self._calls = task, at_call, mode, 0
-
-    def __getattr__(self, name):
-        return getattr(self._task, name)
-
-    def forward(self, model, x):
-        if model.training:
-            self._calls += 1
-            if self._calls >= self._at:
-                if self._mode == "raise":
-                    raise Interrupt()
-                return self._task.forward(model, x) * float("nan")
-        return self._task.forward(model, x)
+from .helpers import FlakyTask, Interrupt, eval_records, recall_task, tiny_cfg, train_losses
 
 
 def test_loss_falls_on_a_tiny_run():
