@@ -10,6 +10,11 @@ error names what differs); training options follow ``hypermlp.train.RESUME_REFUS
 error) or are applied, and ``run.yaml`` then lists them under ``history`` with the step they
 took effect at. ``train --force`` starts over only in a folder hypermlp made (its
 ``.hypermlp-run`` marker), removing the run's own files and nothing else.
+
+``train --dry-run`` builds the model(s) on the meta device and prints what a run would take
+(``hypermlp.dryrun``); it reads no corpus when the config names the vocabulary, and writes
+nothing. A config may hold several models under ``models:`` (a recipe and its baselines);
+``--model NAME`` picks the one to train, in ``OUT/NAME``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .defaults import PRECISIONS, TRAIN_OUT_DIR
+from .defaults import PRECISIONS, TRAIN, TRAIN_OUT_DIR
 from .variants import help_text as variant_help_text
 
 __all__ = ["main"]
@@ -186,9 +191,11 @@ def _add_train_flags(p):
                    help="torch.compile the training step's module")
     g.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
-    g.add_argument("--keep-checkpoints", type=int, metavar="N", help="keep the N newest checkpoints (default 1; 0 = all)")
+    g.add_argument("--keep-checkpoints", type=int, metavar="N",
+                   help=f"keep the N newest checkpoints (default {TRAIN['keep_checkpoints']}; 0 = all)")
     g.add_argument("--log-every", type=int, metavar="N",
-                   help="steps between plain progress lines when stdout is not a terminal (default 50; 0 = none)")
+                   help=f"steps between plain progress lines when stdout is not a terminal "
+                        f"(default {TRAIN['log_every']}; 0 = none)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="TensorBoard scalars in OUT/tensorboard (pip install 'hypermlp[tensorboard]')")
     g.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
@@ -213,7 +220,8 @@ def _model_sections(cfg: dict, args, where: Optional[str]) -> dict:
         if args.model is not None:
             raise UsageError(f"--model picks one of a config's 'models:', and {where or 'the command line'} has none")
         section = _section(cfg, "model", where)
-        return {str(section.get("mixer", "model")): section}
+        mixer = section.get("mixer")
+        return {mixer if isinstance(mixer, str) else "model": section}
     if cfg.get("model") is not None:
         raise UsageError(f"{where} has both 'model:' and 'models:'; keep one")
     models = _section(cfg, "models", where)

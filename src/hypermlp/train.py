@@ -40,8 +40,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
@@ -323,6 +323,9 @@ class Trainer:
                               "torchrun --nproc_per_node N (N > 1), or leave fsdp off")
         self.device = _pick_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)  # auto resolved: what runs
+        if self.precision == "fp16" and cfg.fsdp:
+            raise ConfigError("precision fp16 is not supported with fsdp (its GradScaler is untested on sharded "
+                              "gradients); use bf16")
         if cfg.tensorboard and out_dir is not None and self.rank == 0:
             check_tensorboard()
         self._check_task_fits_model()
@@ -486,6 +489,7 @@ class Trainer:
         old = dict(state.get("train_config") or {})
         if old.get("early_stop_metric") in _OLD_METRIC_NAMES:
             old["early_stop_metric"] = _OLD_METRIC_NAMES[old["early_stop_metric"]]
+        old.setdefault("fsdp", False)  # checkpoints written before the option: never sharded
         new = asdict(self.cfg)
         changes = {k: [old[k], new[k]] for k in new if k in old and old[k] != new[k] and k not in RESUME_IGNORED}
         for name, why in RESUME_REFUSED.items():
