@@ -98,3 +98,12 @@ def test_bad_scale_yaml_keys_name_the_field(tmp_path, corpus, capsys):
     assert_one_line_error(capsys, main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]),
                           "both 'model:' and 'models:'")
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_its_package_is_one_line(tmp_path, corpus, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    out = tmp_path / "run"
+    assert_one_line_error(capsys, main(lm_args(corpus, out, "--tensorboard")), "pip install 'hypermlp[tensorboard]'")
+    assert not out.exists()
