@@ -34,8 +34,10 @@ _NOT_SHOWN = ("val_tokens", "val_bytes", "val_windows", "val_coverage", "val_sco
 
 def check_tensorboard() -> None:
     """A ConfigError saying how to install TensorBoard, unless its writer imports."""
+    import importlib
+
     try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        importlib.import_module("torch.utils.tensorboard")  # imports tensorboard itself
     except ImportError as e:
         raise ConfigError(f"tensorboard logging needs the tensorboard package ({e.name or e}): "
                           f"pip install 'hypermlp[tensorboard]'") from None
