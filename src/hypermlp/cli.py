@@ -202,7 +202,8 @@ def _add_train_flags(p):
                    help="shard weights, gradients and optimizer states over the torchrun processes (FSDP2)")
     g.add_argument("--dry-run", action="store_true",
                    help="build the model on the meta device and print its parameter count, tokens per step, "
-                        "FLOPs per token and memory per GPU; trains nothing, writes nothing")
+                        "FLOPs per token and memory per GPU (one block per mixer runs once on CPU to measure "
+                        "its activations); trains nothing, writes nothing")
     g.add_argument("--world-size", type=int, metavar="N",
                    help="--dry-run: the number of GPUs to estimate for (default: $WORLD_SIZE or 1)")
 

@@ -15,30 +15,35 @@ GPU; ``format_estimate`` prints it.
   - model states: ``16 P`` = fp32 weights (4) + fp32 gradients (4) + AdamW's two moments (8);
     under FSDP ``16 P / W`` plus ``12 P_block`` (the largest block's gathered fp32 weights, for
     the block running and the one prefetched, and its unsharded gradient);
-  - activations: per layer and token, the fp32 residual stream kept twice (``8 d`` bytes) and
-    ``a x (4 d + 3 qk + 3 vo + 3 h + 4 r (Hq + H))``: the two normed inputs and the convolutions'
-    outputs, Q/K/V and the readout (``qk = qk_rank``, ``vo = vo_rank``), the SwiGLU's
-    ``3 h``, and the Hyper core's saved ``s`` gates and ``z A`` products (``r = seq_rank``,
-    ``Hq`` score and ``H`` readout heads; 0 for softmax attention, whose fused kernel keeps no
-    ``T x T`` scores); with activation checkpointing only each block's fp32 input (``4 d``) plus
-    one block's activations; times ``b T`` tokens and the layers;
+  - activations: ``b T x sum over layers of s_tok + sum over layers of s_fix``, where ``s_tok``
+    is what one block of that layer's mixer keeps for its backward per token and ``s_fix`` what
+    it keeps once (under autocast, the low-precision copies of its weights). Both are
+    *measured*, not guessed: the block is built on CPU and run once at 128 and once at 256
+    tokens, batch 1, under the run's autocast, adding up the storages autograd saves
+    (``torch.autograd.graph.saved_tensors_hooks``, the block's parameters aside); the
+    difference per token is ``s_tok``. With activation checkpointing: each block's fp32 input
+    (``4 d`` bytes per token and layer) plus one block's activations (the one recomputed);
   - the logits: ``b T V (a + 8)`` (the logits, their fp32 copy for the loss and its gradient).
 
   It ignores the CUDA context and the allocator's fragmentation (often 1-3 GiB), temporary
-  workspaces, communication buffers, ``torch.compile``'s own buffers and the evaluation batch:
-  a planning figure, not a measurement.
+  workspaces and the transient tensors of the backward pass, communication buffers,
+  ``torch.compile``'s own buffers and the evaluation batch, and it measures the CPU's kernels
+  (a GPU's fused attention saves about what the CPU's does): a planning figure.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from .flops import dense_params, forward_flops_per_token
 
-__all__ = ["Estimate", "estimate", "format_estimate"]
+__all__ = ["Estimate", "estimate", "block_saved_bytes", "format_estimate"]
 
 GIB = 1024 ** 3
 
@@ -65,15 +70,41 @@ class Estimate:
         return {**asdict(self), "memory_bytes": self.memory_bytes}
 
 
-def _activations_per_token_layer(block, act_bytes: int) -> float:
-    """Bytes one block keeps per token for its backward (module docstring)."""
-    mixer, d = block.mixer, block.norm1.weight.shape[0]
-    cfg = mixer.config
-    h = block.mlp.down.in_features
-    r = getattr(cfg, "seq_rank", 0)
-    hyper = (getattr(mixer, "qk_heads", 0) if getattr(mixer, "seq_mix1", None) is not None else 0) + \
-            (getattr(mixer, "n_heads", 0) if getattr(mixer, "seq_mix2", None) is not None else 0)
-    return 8 * d + act_bytes * (4 * d + 3 * cfg.qk_rank + 3 * cfg.vo_rank + 3 * h + 4 * r * hyper)
+def _saved_bytes(block, tokens: int, precision: str) -> int:
+    """Bytes of the storages autograd saves in one forward of ``block`` on ``tokens`` tokens
+    (batch 1, on CPU), its parameters aside."""
+    packed = []  # weak references: a tensor whose graph node was dropped is not held for backward
+
+    def pack(t):
+        packed.append(weakref.ref(t))
+        return t
+
+    d = block.norm1.weight.shape[0]
+    x = torch.randn(1, tokens, d, requires_grad=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision != "fp32" else nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = block(x)  # kept alive until counted: its graph holds the saved tensors
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    held = {}
+    for ref in packed:
+        t = ref()
+        if t is not None and t.untyped_storage().data_ptr() not in params:
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # each storage once
+    del out
+    return sum(held.values())
+
+
+def block_saved_bytes(model_cfg, mixer: str, precision: str, lengths=(128, 256)) -> Tuple[float, float]:
+    """(bytes per token, bytes once) that one block of ``mixer`` keeps for its backward, measured
+    on CPU at two lengths (module docstring). ``precision`` fp32, or anything else: 2-byte autocast."""
+    from .models.lm import Block
+
+    cfg = dataclasses.replace(model_cfg, n_layers=1, mixer=mixer, max_len=max(lengths))
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays as it was
+        block = Block(cfg, mixer)
+    short, long = (_saved_bytes(block, t, precision) for t in lengths)
+    per_token = (long - short) / (lengths[1] - lengths[0])
+    return per_token, max(0.0, short - per_token * lengths[0])
 
 
 def estimate(model_cfg, train_cfg, seq_len: int, world_size: int = 1, steps: Optional[int] = None) -> Estimate:
@@ -89,16 +120,17 @@ def estimate(model_cfg, train_cfg, seq_len: int, world_size: int = 1, steps: Opt
     micro = max(1, rows // (world_size * accum))
     act_bytes = 4 if train_cfg.precision == "fp32" else 2  # auto is bf16 on a GPU
     tokens = micro * seq_len  # per micro-batch and process
+    measured = {m: block_saved_bytes(model_cfg, m, train_cfg.precision) for m in set(model_cfg.mixers())}
+    per_layer = [tokens * measured[m][0] + measured[m][1] for m in model_cfg.mixers()]
 
     states = 16.0 * params
     if train_cfg.fsdp and world_size > 1:
         biggest_block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
         states = states / world_size + 12.0 * biggest_block
-    per_layer = [_activations_per_token_layer(b, act_bytes) for b in model.blocks]
     if train_cfg.activation_checkpointing:
-        acts = tokens * (4.0 * model_cfg.d_model * len(per_layer) + max(per_layer))
+        acts = tokens * 4.0 * model_cfg.d_model * len(per_layer) + max(per_layer)
     else:
-        acts = tokens * sum(per_layer)
+        acts = sum(per_layer)
     logits = tokens * model_cfg.vocab_size * (act_bytes + 8.0)
     fpt = 3.0 * forward_flops_per_token(model_cfg, seq_len, n_dense)
     tps = rows * seq_len
