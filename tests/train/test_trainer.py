@@ -74,7 +74,8 @@ def test_cosine_schedule_warmup_and_epochs():
                                                       round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6)]
 
 
-def test_ddp_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("grad_accum", ["1", "2"])  # 2: the first micro-batch's backward skips DDP's all-reduce
+def test_ddp_two_processes_match_one(tmp_path, grad_accum):
     # noisy recall ignores noise targets, so the rows of a batch hold different numbers of
     # targets: the per-rank loss must be weighted by the global count to match one process
     args = ["train", "--task", "mad:noisy_in_context_recall", "--data-arg", "seq_len=32", "--data-arg", "num_train=128",
@@ -85,7 +86,7 @@ def test_ddp_two_processes_match_one(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "hypermlp", *args, "--out", str(tmp_path / "two")],
+                          "-m", "hypermlp", *args, "--grad-accum", grad_accum, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stdout
