@@ -439,6 +439,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- prepare
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare_corpus
+
+    try:
+        m = prepare_corpus(args.data, args.out, tokenizer=args.tokenizer, bpe_vocab_size=args.bpe_vocab_size,
+                           val_fraction=args.val_fraction, seed=args.seed, bpe_sample_bytes=args.bpe_sample_bytes,
+                           dtype=args.dtype, progress=args.progress)
+    except ValueError as e:  # a bad setting (DataError, a bad input, is one too)
+        raise UsageError(str(e)) from None
+    sp = m["splits"]
+    print(f"hypermlp prepare: {args.out} {'reused (same input and settings)' if m['reused'] else 'written'} | "
+          f"{m['tokenizer']} vocab {m['vocab_size']} ({m['dtype']}) | {m['documents']} documents from "
+          f"{len(m['sources'])} file(s), {m['skipped']} skipped | train {sp['train']['tokens']:,} tokens "
+          f"({sp['train']['bytes']:,} bytes), val {sp['val']['tokens']:,} tokens ({sp['val']['bytes']:,} bytes)")
+    print(f"train on it with: hypermlp train --task lm --data {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
     import yaml
@@ -592,6 +611,38 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- inspect
+def _index_list(text: Optional[str], flag: str) -> Optional[List[int]]:
+    """'0,2' -> [0, 2]; None -> None (all)."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from .inspect import InspectError, run_inspect
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no GPU is available")
+    device = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu"
+    try:
+        written = run_inspect(args.checkpoint, args.out, prompt=args.prompt, task=args.task, example=args.example,
+                              split=args.split, layers=_index_list(args.layers, "--layers"),
+                              heads=_index_list(args.heads, "--heads"), batch_size=args.batch_size, device=device,
+                              force=args.force)
+    except InspectError as e:
+        raise UsageError(str(e)) from None
+    print(f"hypermlp inspect: {written[0]} and {len(written) - 1} PNG(s) in {args.out}")
+    for path in written:
+        print(path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(argv: List[str]) -> int:
     """``hypermlp bench ...`` is ``python -m hypermlp.bench ...`` (its own parser and --help)."""
@@ -630,6 +681,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where generated data and tokenizers are cached (default ~/.cache/hypermlp)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    from .data.prepare import DEFAULT_BPE_SAMPLE_BYTES
+    from .defaults import LM_DATA
+
+    p = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped shards for train --data DIR",
+                       description="Stream a text file, a JSONL file (a 'text' field per line), a Parquet file (a "
+                                   "'text' column; needs pyarrow) or a folder of them through a tokenizer into "
+                                   "train/val token shards with a manifest.json; `train --task lm --data DIR` "
+                                   "samples from them without loading them. Memory stays flat; re-running with "
+                                   "the same input and settings reuses the folder.")
+    p.add_argument("--data", required=True, help="a text, JSONL or Parquet file, or a folder of them")
+    p.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte", help="bytes (default) or a byte-level BPE")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty; or this same prepare: reused)")
+    p.add_argument("--bpe-vocab-size", type=int, default=LM_DATA["bpe_vocab_size"],
+                   help=f"BPE vocabulary (default {LM_DATA['bpe_vocab_size']})")
+    p.add_argument("--bpe-sample-bytes", type=int, default=DEFAULT_BPE_SAMPLE_BYTES,
+                   help=f"the BPE trains on the first training documents up to this many bytes "
+                        f"(default {DEFAULT_BPE_SAMPLE_BYTES:,})")
+    p.add_argument("--val-fraction", type=float, default=LM_DATA["val_fraction"],
+                   help=f"share of documents for validation (default {LM_DATA['val_fraction']})")
+    p.add_argument("--seed", type=int, default=LM_DATA["seed"], help="salts the split's document hash (default 0)")
+    p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto",
+                   help="id type of the shards (default: uint16 while the vocabulary fits)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars of bytes and tokens (default: only on a terminal)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("compare", help="several mixers at matched budgets on a task suite",
                        description="Train every mixer at a matched parameter budget on a task suite over several "
@@ -678,6 +755,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="write the results as JSON to this file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="look inside a trained model: activated slots, sparsity, mixings",
+                       description="Probe one input through a checkpoint's model with the readable reference core "
+                                   "and write per layer and head PNGs (activated memory, sparsity, the R(1) / R(2) "
+                                   "mixings, HyperGLU routing versus magnitude; softmax: attention weights) and "
+                                   "one inspect.md that shows them.")
+    p.add_argument("--checkpoint", required=True, help="a run folder (uses its newest checkpoint) or a checkpoint folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text to probe (a text model)")
+    src.add_argument("--task", help="mad:<name>, mqar or lm: probe an example of the task's data, rebuilt from the "
+                                    "run's run.yaml")
+    p.add_argument("--example", type=int, help="with --task: the index of the example in --split")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="with --task: the split (default test)")
+    p.add_argument("--out", required=True, help="folder for inspect.md and the PNGs")
+    p.add_argument("--layers", help="comma list of layer indices (default all)")
+    p.add_argument("--heads", help="comma list of readout head indices (default all)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples or validation windows behind the mean "
+                                                              "sparsity (default 16)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier inspect.md in --out")
+    p.set_defaults(func=cmd_inspect)
 
     sub.add_parser("bench", help="speed/memory benchmarks (hypermlp bench --help)", add_help=False)
     return parser

@@ -11,8 +11,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+import torch
+
 from .ops.hyper import IMPLS
 from .ops.hyper.layout import LAYOUTS
+
+
+# Query block of the chunked Hyper core by device type, when HyperConfig.chunk_size is None. A block
+# is a handful of (heads, b, C, S) buffers and a few dozen small kernels. On CPU, 64 (what every CPU
+# benchmark and test of this project ran with) keeps a block's buffers small; on a GPU the Python
+# loop and the per-block kernel launches dominate at small C, so 4x fewer, larger blocks (at
+# T = 8k, batch 4, 4 score heads, one fp32 block buffer is 128 MiB: still far below the GPU's memory).
+CHUNK_SIZE = {"cpu": 64, "cuda": 256}
 
 
 class ConfigError(ValueError):
@@ -56,7 +66,7 @@ class HyperConfig:
     layout: str = "lag"  # "lag" (tables indexed by lag) or "left" (ablation, see ops)
     rho_eps: float = 1e-12  # rho(z) = sqrt(||z||^2 + rho_eps), docs/math.md §2.6
     impl: str = "chunked"  # "reference" (readable ground truth) or "chunked"
-    chunk_size: int = 64  # query block size of the chunked implementation
+    chunk_size: Optional[int] = None  # query block of the chunked core; None: by device (CHUNK_SIZE)
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
@@ -66,8 +76,10 @@ class HyperConfig:
             self.vo_rank = self.d_model
 
     def validate(self, glu: bool) -> "HyperConfig":
-        for name in ("d_model", "n_heads", "max_len", "qk_rank", "vo_rank", "seq_rank", "chunk_size"):
+        for name in ("d_model", "n_heads", "max_len", "qk_rank", "vo_rank", "seq_rank"):
             _check_positive_int(name, getattr(self, name))
+        if self.chunk_size is not None:
+            _check_positive_int("chunk_size", self.chunk_size)
         if isinstance(self.conv_size, bool) or not isinstance(self.conv_size, int) or self.conv_size < 0:
             raise ConfigError(f"conv_size must be an integer >= 0 (0 turns the conv off), got {self.conv_size!r}")
         for name in ("qk_gate", "out_gate", "rope", "mix1", "mix2"):
@@ -89,6 +101,12 @@ class HyperConfig:
         if self.rope and (self.qk_rank // qk_heads) % 2:
             raise ConfigError(f"rope needs an even per-head Q/K width, got {self.qk_rank // qk_heads}")
         return self
+
+    def chunk_for(self, device: torch.device) -> int:
+        """The chunked core's query block on ``device``: ``chunk_size``, or ``CHUNK_SIZE`` by device."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return CHUNK_SIZE.get(device.type, CHUNK_SIZE["cpu"])
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -50,13 +50,13 @@ def test_decode_refuses_anything_but_one_query_at_the_end():
 
 def test_hyper_core_dispatch(monkeypatch):
     calls = []
-    real = hyper_pkg.hyper_core_decode
+    real = hyper_pkg.decode_op  # the decode step, through its custom op
 
     def spy(*args, **kw):
         calls.append(kw["offset"])
         return real(*args, **kw)
 
-    monkeypatch.setattr(hyper_pkg, "hyper_core_decode", spy)
+    monkeypatch.setattr(hyper_pkg, "decode_op", spy)
     inputs = make_inputs(True, t=1, offset=5)
     kw = dict(glu=True, offset=5)
     with torch.no_grad():

@@ -7,12 +7,15 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from ..machine import machine_info
 from .decode import bench_decode
+from .gpu import SEQ_LENS as GPU_SEQ_LENS
+from .gpu import SHAPES as GPU_SHAPES
+from .gpu import bench_gpu
 from .layers import bench_layers
 from .lm import bench_lm
 from .measure import AUTOCAST_DTYPES, Env
@@ -20,7 +23,8 @@ from .mixers import LAYER_MIXERS
 from .report import format_report, make_plots
 from .targets import check_targets
 
-SECTIONS = ["layer", "decode", "lm"]
+SECTIONS = ["layer", "decode", "lm", "gpu"]
+DEFAULT_SECTIONS = {"cpu": ["layer", "decode", "lm"], "cuda": ["gpu"]}  # by device type
 # sizes whose default depends on --quick: name -> (default, --quick default); the parser leaves
 # them None when not given
 SIZE_DEFAULTS = {
@@ -33,7 +37,7 @@ SIZE_DEFAULTS = {
     "lm_batch": (4, 2),
     "lm_steps": (4, 2),
 }
-POSITIVE = ("batch", "d_model", "repeats", "prompt_len", "new_tokens", "lm_seq_len", "lm_batch", "lm_layers", "lm_steps")
+POSITIVE = ("batch", "d_model", "gpu_decode_steps", "repeats", "prompt_len", "new_tokens", "lm_seq_len", "lm_batch", "lm_layers", "lm_steps")
 
 
 def _ints(text: str) -> List[int]:
@@ -43,6 +47,17 @@ def _ints(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _shapes(text: str) -> List[Tuple[int, int, int]]:
+    """"1024x2x4,256x2x4" -> [(d_model, heads, batch), ...]."""
+    try:
+        vals = [tuple(int(n) for n in v.split("x")) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        vals = []
+    if not vals or any(len(v) != 3 or min(v) <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected shapes D_MODELxHEADSxBATCH, comma-separated, got {text!r}")
     return vals
 
 
@@ -67,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hypermlp bench",
         description="Speed/memory benchmarks of the mixers: layer, decode, lm (see benchmarks/README.md).",
     )
-    p.add_argument("--sections", type=_names(SECTIONS), default=list(SECTIONS),
-                   help="comma-separated subset of layer,decode,lm (default: all)")
+    p.add_argument("--sections", type=_names(SECTIONS), default=None,
+                   help="comma-separated subset of layer,decode,lm,gpu (default: layer,decode,lm on CPU, gpu on CUDA)")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke run of a minute or two)")
     p.add_argument("--seq-lens", type=_ints, default=None, help="layer section lengths (default 512,1024,2048,4096,8192)")
     p.add_argument("--mixers", type=_names(LAYER_MIXERS), default=None,
@@ -93,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how LM parameter counts are matched to softmax: SwiGLU width only (default), "
                         "hypermlp.budget (qk_rank first), or not at all")
     p.add_argument("--lm-steps", type=int, default=None, help="timed training steps per model (default 4; --quick 2)")
+    p.add_argument("--gpu-shapes", type=_shapes, default=list(GPU_SHAPES),
+                   help="gpu section: D_MODELxHEADSxBATCH list (default 1024x2x4,256x2x4)")
+    p.add_argument("--gpu-seq-lens", type=_ints, default=list(GPU_SEQ_LENS),
+                   help="gpu section lengths (default 1024,2048,4096,8192,16384)")
+    p.add_argument("--gpu-decode-steps", type=int, default=16, help="gpu section: decode steps timed per length")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--dtype", choices=list(AUTOCAST_DTYPES), default="fp32",
                    help="compute dtype (bf16/fp16 via autocast; meant for GPUs)")
@@ -111,6 +131,8 @@ def fill_defaults(args) -> None:
             setattr(args, name, list(value) if isinstance(value, list) else value)  # a copy: args may be edited
     if args.mixers is None:
         args.mixers = list(LAYER_MIXERS)
+    if args.sections is None:
+        args.sections = list(DEFAULT_SECTIONS["cuda" if args.device.startswith("cuda") else "cpu"])
     for name in POSITIVE:
         if getattr(args, name) <= 0:
             raise SystemExit(f"hypermlp bench: error: --{name.replace('_', '-')} must be positive")
@@ -146,7 +168,7 @@ def run(args) -> int:
     if load and not env.cuda and load[0] > 1.0:
         _log(f"warning: load average {load[0]:.1f} before starting: other processes compete for the CPU and "
              "inflate the times (intra-op threads wait for each other); ratios are less affected than absolute times")
-    for section, bench in (("layer", bench_layers), ("decode", bench_decode), ("lm", bench_lm)):
+    for section, bench in (("layer", bench_layers), ("decode", bench_decode), ("lm", bench_lm), ("gpu", bench_gpu)):
         if section in args.sections:
             results[section] = bench(args, env, _log)
     try:

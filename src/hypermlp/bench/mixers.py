@@ -36,7 +36,7 @@ def layer_description(layer) -> str:
         parts = [f"{c.n_heads} heads", f"qk_rank {c.qk_rank}", f"vo_rank {c.vo_rank}"]
         if c.mix1 or c.mix2:
             parts.append(f"seq_rank {c.seq_rank}")
-        parts += [f"conv {c.conv_size}", "gates" if (c.qk_gate or c.out_gate) else "no gates", f"chunk {c.chunk_size}"]
+        parts += [f"conv {c.conv_size}", "gates" if (c.qk_gate or c.out_gate) else "no gates", f"chunk {c.chunk_size or 'by device'}"]
     else:
         parts = [f"{c.n_heads} heads of {c.qk_rank // c.n_heads}", "SDPA", "RoPE" if c.rope else "no RoPE"]
     return ", ".join(parts)

@@ -59,6 +59,27 @@ def format_lm_table(res: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def format_gpu_tables(res: dict) -> List[str]:
+    """One table per shape: time, memory and decode step of each contender, ratios to softmax (x sm),
+    the Triton core's speed-up over the chunked one (fwd+bwd)."""
+    headers = ["T", "mixer", "fwd ms", "x sm", "fwd+bwd ms", "x sm", "peak MiB", "x sm", "decode ms", "x sm",
+               "triton speed-up", "finite", "note"]
+    parts = []
+    for d, heads, batch in res["shapes"]:
+        key = f"{d}x{heads}x{batch}"
+        parts.append(f"\n### d_model {d}, {heads} HyperGLU heads, batch {batch}\n")
+        parts += [f"- {n}: {c}" for n, c in res["configs"].get(key, {}).items()]
+        rows = [[
+            str(r["T"]), r["mixer"], fmt_ms(r.get("fwd_s")), fmt_ratio(r.get("fwd_ratio")),
+            fmt_ms(r.get("fwd_bwd_s")), fmt_ratio(r.get("fwd_bwd_ratio")), fmt_mib(r.get("peak_extra_bytes")),
+            fmt_ratio(r.get("peak_ratio")), "-" if r.get("decode_s") is None else f"{r['decode_s'] * 1e3:.2f}",
+            fmt_ratio(r.get("decode_ratio")), fmt_ratio(r.get("triton_fwd_bwd_speedup")),
+            "-" if "finite" not in r else ("yes" if r["finite"] else "NO"), r.get("note", ""),
+        ] for r in res["rows"] if (r["d_model"], r["heads"], r["batch"]) == (d, heads, batch)]
+        parts += ["", markdown_table(headers, rows)]
+    return parts
+
+
 def format_targets(targets: List[dict]) -> str:
     rows = []
     for t in targets:
@@ -88,6 +109,12 @@ def format_report(results: dict, args) -> str:
         parts.append(f"\n## LM training: {lm['n_layers']} layers, d_model {args.d_model}, batch {lm['batch']} x {lm['seq_len']}, "
                      f"AdamW, times are the min of {args.lm_steps} steps; parameters {lm['matching']}\n")
         parts.append(format_lm_table(lm))
+    if "gpu" in results:
+        gpu = results["gpu"]
+        parts.append(f"\n## GPU: Triton HyperGLU, chunked HyperGLU, SDPA softmax; {gpu['device']}, {gpu['dtype']}, "
+                     f"times are the min of {args.repeats} runs, decode: the median of {args.gpu_decode_steps} steps "
+                     "after T cached tokens\n")
+        parts += format_gpu_tables(gpu)
     if results.get("targets"):
         parts += ["\n## Targets\n", format_targets(results["targets"])]
     m = results["machine"]

@@ -9,6 +9,9 @@
   a caller-supplied ``torch.Generator``; :func:`eval_windows` gives the
   deterministic non-overlapping validation windows (the whole split, or a
   sample spread evenly over it).
+* A folder made by ``hypermlp prepare`` (:mod:`hypermlp.data.prepare`) opens as a
+  :class:`Corpus` whose splits are memory-mapped (:mod:`hypermlp.data.shards`); the batching
+  functions take those as they are.
 * :func:`bits_per_byte` converts a mean token loss (nats) into bits per UTF-8
   byte, comparable across tokenizers; :meth:`Corpus.token_bytes` gives the
   bytes behind each token id, to count the bytes actually scored.
@@ -24,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +43,9 @@ __all__ = [
     "get_batch",
     "batch_iterator",
     "eval_windows",
+    "eval_window_plan",
+    "plan_windows",
+    "gather_windows",
     "bits_per_byte",
 ]
 
@@ -62,7 +68,10 @@ class Corpus:
     """A tokenized train / validation corpus.
 
     Attributes:
-        train, val: 1-D ``torch.long`` token ids of each split.
+        train, val: 1-D ``torch.long`` token ids of each split; for a prepared corpus
+            (:func:`hypermlp.data.shards.load_prepared`) read-only 1-D ``np.memmap`` s of
+            ``uint16`` / ``uint32`` ids, which the batching functions below read only where
+            their windows lie.
         vocab_size: tokenizer vocabulary size (256 for bytes).
         tokenizer: ``"byte"`` or ``"bpe"``.
         n_bytes_train, n_bytes_val: UTF-8 byte counts of the text behind each
@@ -237,25 +246,66 @@ def _doc_unit(rel: str, seed: int) -> float:
     return int(h[:16], 16) / float(1 << 64)
 
 
+class _ValSplit:
+    """The per-document validation rule, fed one document name at a time (so a stream of
+    documents far too large to hold can use it: :mod:`hypermlp.data.prepare`).
+
+    Document ``i`` named ``name`` goes to validation iff ``_doc_unit(name, seed) < val_fraction``,
+    except that at least one document lands in each split: with no validation document the
+    one of smallest unit goes there, with no training document the one of largest unit stays
+    in train.
+    """
+
+    def __init__(self, val_fraction: float, seed: int):
+        self.val_fraction, self.seed = float(val_fraction), int(seed)
+        self.n = self.n_val = 0
+        self.lowest = self.highest = None  # (unit, index) of the extreme documents
+
+    def unit(self, name: str) -> float:
+        return _doc_unit(name, self.seed)
+
+    def add(self, name: str) -> None:
+        """Count document number ``self.n`` (they must come in order)."""
+        key = (self.unit(name), self.n)
+        self.n_val += key[0] < self.val_fraction
+        self.lowest = key if self.lowest is None or key < self.lowest else self.lowest
+        self.highest = key if self.highest is None or key > self.highest else self.highest
+        self.n += 1
+
+    def is_val(self, index: int, name: str) -> bool:
+        """Whether document ``index`` (named ``name``) is a validation document; after every ``add``."""
+        if self.n_val == 0 and index == self.lowest[1]:
+            return True
+        if self.n_val == self.n and index == self.highest[1]:
+            return False
+        return self.unit(name) < self.val_fraction
+
+
+def _tail_cut(n_chars: int, val_fraction: float) -> tuple[int, int]:
+    """Where one document of ``n_chars`` characters is cut into train and validation: the
+    nominal cut ``c`` (characters ``[c:]`` are validation) and the start ``lo`` of the window
+    ``[lo, c)`` whose last newline, if any, moves the cut to just after it (a line start)."""
+    cut = int(round(n_chars * (1.0 - val_fraction)))
+    cut = min(max(cut, 1), n_chars - 1)
+    return max(1, cut - 4096), cut
+
+
 def _split(docs, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Train and val text pieces.  By document (hash of path) or, for one document, its tail."""
     if len(docs) == 1:
         text = docs[0][1]
         if len(text) < 2:
             raise DataError(f"{docs[0][0]}: too little text to split into train and validation")
-        cut = int(round(len(text) * (1.0 - val_fraction)))
-        cut = min(max(cut, 1), len(text) - 1)
+        lo, cut = _tail_cut(len(text), val_fraction)
         # prefer cutting at a line start, if one is close enough
-        nl = text.rfind("\n", max(1, cut - 4096), cut)
-        if nl != -1 and nl + 1 < len(text):
+        nl = text.rfind("\n", lo, cut)
+        if nl != -1:
             cut = nl + 1
         return [text[:cut]], [text[cut:]]
-    u = [(_doc_unit(rel, seed), i) for i, (rel, _) in enumerate(docs)]
-    is_val = [x < val_fraction for x, _ in u]
-    if not any(is_val):  # always keep at least one validation document ...
-        is_val[min(u)[1]] = True
-    if all(is_val):  # ... and at least one training document
-        is_val[max(u)[1]] = False
+    rule = _ValSplit(val_fraction, seed)
+    for rel, _ in docs:
+        rule.add(rel)
+    is_val = [rule.is_val(i, rel) for i, (rel, _) in enumerate(docs)]
     train = [t for (_, t), v in zip(docs, is_val) if not v]
     val = [t for (_, t), v in zip(docs, is_val) if v]
     return train, val
@@ -273,21 +323,47 @@ def _byte_encode(text: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _chunks(text: str, size: int = _CHUNK_CHARS) -> list[str]:
+class _Chunker:
+    """Cuts a stream of text into pieces of about ``size`` characters (``_CHUNK_CHARS``), at
+    the last newline of each piece where there is one: a piece ends at character ``size`` of
+    what is left, or just after the last ``"\\n"`` among its characters 1 to size-1.  Text may
+    arrive in parts of any size; the pieces are the same as for the whole text at once."""
+
+    def __init__(self, size: int | None = None):
+        self.size = _CHUNK_CHARS if size is None else int(size)
+        self.rest = ""  # text not yet cut off
+
+    def push(self, text: str) -> list[str]:
+        """The pieces complete once ``text`` is appended (a piece is complete when more than
+        ``size`` characters follow its start)."""
+        rest, out, i = self.rest + text, [], 0
+        while len(rest) - i > self.size:  # by index: a long text is copied once, not once per piece
+            k = rest.rfind("\n", i + 1, i + self.size)
+            j = k + 1 if k != -1 else i + self.size
+            out.append(rest[i:j])
+            i = j
+        self.rest = rest[i:]
+        return out
+
+    def finish(self) -> list[str]:
+        """The last piece (the text left), if any."""
+        out, self.rest = ([self.rest] if self.rest else []), ""
+        return out
+
+
+def _chunks(text: str, size: int | None = None) -> list[str]:
     """Cut ``text`` into pieces of about ``size`` characters, at newlines where possible."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        j = min(n, i + size)
-        if j < n:
-            k = text.rfind("\n", i + 1, j)
-            if k != -1:
-                j = k + 1
-        out.append(text[i:j])
-        i = j
-    return out
+    chunker = _Chunker(size)
+    return chunker.push(text) + chunker.finish()
 
 
 def _train_bpe(pieces: list[str], vocab_size: int):
+    """A byte-level BPE trained on ``pieces`` (documents), each cut by :func:`_chunks`."""
+    return _train_bpe_chunks((c for p in pieces for c in _chunks(p)), vocab_size)
+
+
+def _train_bpe_chunks(chunks: Iterable[str], vocab_size: int):
+    """A byte-level BPE trained on a stream of text chunks (consumed once, never held whole)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -300,16 +376,21 @@ def _train_bpe(pieces: list[str], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator((c for p in pieces for c in _chunks(p)), trainer=trainer)
+    tok.train_from_iterator(chunks, trainer=trainer)
     return tok
+
+
+def _bpe_ids(tok, chunks: list[str]) -> np.ndarray:
+    """The BPE ids of ``chunks`` one after another, int64 (each chunk encoded on its own, in
+    parallel; without offsets where this tokenizers version can, which also keeps its memory flat)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return np.fromiter((i for e in encode(chunks) for i in e.ids), dtype=np.int64)
 
 
 def _bpe_encode(tok, text: str) -> torch.Tensor:
     if not text:
         return torch.zeros(0, dtype=torch.long)
-    encs = tok.encode_batch(_chunks(text))
-    ids = [i for e in encs for i in e.ids]
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.from_numpy(_bpe_ids(tok, _chunks(text)))
 
 
 def _load_bpe(path: Path):
@@ -445,34 +526,48 @@ def load_corpus(
 # =========================================================================
 # batching and metrics
 # =========================================================================
-def _check_ids(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
-    ids = torch.as_tensor(ids)
-    if ids.dim() != 1:
+def _check_ids(ids, seq_len: int):
+    """``ids`` as a 1-D token stream (a torch tensor, or a numpy array such as a prepared
+    split's memmap, left as it is so that nothing is read), long enough for ``seq_len``."""
+    if not isinstance(ids, np.ndarray):
+        ids = torch.as_tensor(ids)
+    if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if ids.numel() < seq_len + 1:
-        raise DataError(f"token stream of {ids.numel()} ids is too short for seq_len={seq_len}")
+    if len(ids) < seq_len + 1:
+        raise DataError(f"token stream of {len(ids)} ids is too short for seq_len={seq_len}")
     return ids
 
 
+def gather_windows(ids, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """``(W, length)`` long: row ``w`` is ``ids[starts[w] : starts[w] + length]``.
+
+    ``ids`` is a 1-D tensor or numpy array; a np.memmap is read only where the windows lie.
+    """
+    idx = starts.long()[:, None] + torch.arange(length)  # (W, length)
+    if isinstance(ids, np.ndarray):
+        return torch.from_numpy(ids[idx.numpy()].astype(np.int64))
+    return ids[idx].long()
+
+
 def get_batch(
-    ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator | None = None
+    ids, batch_size: int, seq_len: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows: inputs ``(B, seq_len)`` and targets shifted by one.
 
     Start offsets are uniform over every valid position, drawn with
-    ``generator`` (pass a seeded ``torch.Generator`` for reproducibility).
+    ``generator`` (pass a seeded ``torch.Generator`` for reproducibility).  ``ids`` may be a
+    prepared split's np.memmap: the same draws give the same windows as its tensor would.
     """
     ids = _check_ids(ids, seq_len)
-    starts = torch.randint(0, ids.numel() - seq_len, (batch_size,), generator=generator)
-    idx = starts[:, None] + torch.arange(seq_len + 1)
-    w = ids[idx].long()
+    starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=generator)
+    w = gather_windows(ids, starts, seq_len + 1)  # (B, T + 1)
     return w[:, :-1], w[:, 1:]
 
 
 def batch_iterator(
-    ids: torch.Tensor,
+    ids,
     batch_size: int,
     seq_len: int,
     generator: torch.Generator | None = None,
@@ -486,8 +581,38 @@ def batch_iterator(
         i += 1
 
 
+def eval_window_plan(n: int, seq_len: int, max_windows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where :func:`eval_windows`' windows lie in a split of ``n`` ids, without reading it:
+    ``starts`` and ``skip``, both ``(W,)`` long.  Window ``w`` has inputs
+    ``ids[starts[w] : starts[w] + seq_len]``, targets one further, and its first ``skip[w]``
+    targets are not scored (they were, by an earlier window)."""
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows < 1):
+        raise ValueError(f"max_windows must be a positive integer or None, got {max_windows!r}")
+    full = (n - 1) // seq_len
+    rest = (n - 1) - full * seq_len
+    starts = torch.arange(full, dtype=torch.long) * seq_len
+    if max_windows is not None and max_windows < full + (rest > 0):
+        pick = ((torch.arange(max_windows, dtype=torch.float64) + 0.5) * full / max_windows).long()
+        return starts[pick], torch.zeros(max_windows, dtype=torch.long)
+    skip = torch.zeros(full, dtype=torch.long)
+    if rest:
+        starts = torch.cat([starts, torch.tensor([n - 1 - seq_len])])
+        skip = torch.cat([skip, torch.tensor([seq_len - rest])])
+    return starts, skip
+
+
+def plan_windows(ids, seq_len: int, starts: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets ``(W, seq_len)`` of an :func:`eval_window_plan` (``-100`` = not
+    scored), read from ``ids`` (a tensor or a np.memmap)."""
+    w = gather_windows(ids, starts, seq_len + 1)  # (W, T + 1)
+    x, y = w[:, :-1], w[:, 1:].clone()
+    y[torch.arange(seq_len)[None, :] < skip[:, None]] = IGNORE_INDEX
+    return x, y
+
+
 def eval_windows(
-    ids: torch.Tensor, seq_len: int, max_windows: int | None = None
+    ids, seq_len: int, max_windows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic validation windows: inputs and targets ``(W, seq_len)``; a target of
     ``-100`` is not scored.
@@ -503,25 +628,12 @@ def eval_windows(
     * ``max_windows=N`` smaller than that: ``N`` of the full windows spread evenly over the
       whole split (window ``floor((i + 1/2) * W_full / N)`` for ``i < N``), so the sample
       reaches from its start to its end instead of covering a slice at the start.
+
+    Where the windows lie: :func:`eval_window_plan` (what the ``lm`` task reads batch by batch).
     """
     ids = _check_ids(ids, seq_len)
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
-                                    or max_windows < 1):
-        raise ValueError(f"max_windows must be a positive integer or None, got {max_windows!r}")
-    n = ids.numel()
-    full = (n - 1) // seq_len
-    rest = (n - 1) - full * seq_len
-    x = ids[: full * seq_len].reshape(full, seq_len).long()
-    y = ids[1 : full * seq_len + 1].reshape(full, seq_len).long()
-    if max_windows is not None and max_windows < full + (rest > 0):
-        pick = ((torch.arange(max_windows, dtype=torch.float64) + 0.5) * full / max_windows).long()
-        return x[pick], y[pick]
-    if rest:
-        tail_x = ids[n - 1 - seq_len : n - 1].long()[None]
-        tail_y = ids[n - seq_len :].long().clone()[None]
-        tail_y[0, : seq_len - rest] = IGNORE_INDEX  # already scored by the last full window
-        x, y = torch.cat([x, tail_x]), torch.cat([y, tail_y])
-    return x, y
+    starts, skip = eval_window_plan(len(ids), seq_len, max_windows)
+    return plan_windows(ids, seq_len, starts, skip)
 
 
 def bits_per_byte(mean_loss_nats: float, n_tokens: int, n_bytes: int) -> float:

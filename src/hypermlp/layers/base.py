@@ -93,7 +93,10 @@ class ProjectedMixer(nn.Module):
                 sees_bad = sees_bad | cache.saw_non_finite[:, None]
             cache.saw_non_finite = sees_bad[:, -1]
             return (*cache.append(k, v, mask), sees_bad)
-        key_valid = mask if (mask is not None and not bool(mask.all())) else None
+        # an all-True mask needs no key padding; finding that out is a host sync, which a compiled
+        # graph skips (a mask of ones gives the same result, through the padded path)
+        all_real = mask is None or (not torch.compiler.is_compiling() and bool(mask.all()))
+        key_valid = None if all_real else mask
         return k, v, key_valid, sees_bad
 
     def finish(self, o: torch.Tensor, x: torch.Tensor, mask: Optional[torch.Tensor], sees_bad: torch.Tensor) -> torch.Tensor:

@@ -63,18 +63,26 @@ class _HyperBase(ProjectedMixer):
         """
         cfg = self.config
         x, offset = self.begin(x, cache, mask)  # checked; padded rows zeroed
-        q, k, v = self.project(x, offset, cache, mask)  # (B, Hq, T, dk), (B, Hq, T, dk), (B, H, T, dv)
-        s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None  # (B, Hq, T, r)
-        s2 = torch.sigmoid(split_heads(self.mix2_gate(x), self.n_heads)) if cfg.mix2 else None  # (B, H, T, r)
-        k, v, key_valid, sees_bad = self.all_keys(k, v, cache, mask)  # (B, Hq, S, dk), (B, H, S, dv), (B, S) | None
+        q, k, v, s1, s2, key_valid, sees_bad = self.core_inputs(x, offset, cache, mask)
         o = hyper_core(  # (B, H, T, dv), already divided by rho
             q, k, v, s1, s2,
             self.seq_mix1.tables() if cfg.mix1 else None,
             self.seq_mix2.tables() if cfg.mix2 else None,
             glu=self.glu, layout=cfg.layout, offset=offset, eps=cfg.rho_eps, key_valid=key_valid,
-            impl=cfg.impl, chunk_size=cfg.chunk_size,
+            impl=cfg.impl, chunk_size=cfg.chunk_for(x.device),
         )
         return self.finish(o, x, mask, sees_bad)  # (B, T, d)
+
+    def core_inputs(self, x: torch.Tensor, offset: int, cache: Optional[LayerCache], mask: Optional[torch.Tensor]):
+        """The core's tensor inputs from ``begin``'s x (also what ``hypermlp.inspect`` probes):
+        q (B, Hq, T, dk), k (B, Hq, S, dk), v (B, H, S, dv), the gates s1 (B, Hq, T, r) and
+        s2 (B, H, T, r) or None, key_valid (B, S) | None and sees_bad (B, T) (``all_keys``)."""
+        cfg = self.config
+        q, k, v = self.project(x, offset, cache, mask)  # (B, Hq, T, dk), (B, Hq, T, dk), (B, H, T, dv)
+        s1 = torch.sigmoid(split_heads(self.mix1_gate(x), self.qk_heads)) if cfg.mix1 else None  # (B, Hq, T, r)
+        s2 = torch.sigmoid(split_heads(self.mix2_gate(x), self.n_heads)) if cfg.mix2 else None  # (B, H, T, r)
+        k, v, key_valid, sees_bad = self.all_keys(k, v, cache, mask)  # (B, Hq, S, dk), (B, H, S, dv), (B, S) | None
+        return q, k, v, s1, s2, key_valid, sees_bad
 
     def extra_repr(self) -> str:
         c = self.config

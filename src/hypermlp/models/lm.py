@@ -133,8 +133,7 @@ class LanguageModel(nn.Module):
     def hidden_states(self, idx, caches=None, mask=None):
         if idx.dim() != 2:
             raise ValueError(f"token ids must have shape (batch, seq_len), got {tuple(idx.shape)}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+        check_token_ids(idx, self.config.vocab_size)
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=None if caches is None else caches[i], mask=mask)
@@ -211,6 +210,15 @@ class LanguageModel(nn.Module):
         model = cls(cfg)
         load_weights(model, weights, map_location, misfit="does not match its config")
         return model
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Token ids outside [0, vocab_size) raise a ValueError naming the range they span. Under
+    torch.compile the check is a device-side assert instead (no host sync, no graph break)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(((idx >= 0) & (idx < vocab_size)).all(), f"token ids must lie in [0, {vocab_size})")
+    elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> torch.Tensor:

@@ -67,7 +67,9 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
 
     ``data`` overrides the task's defaults: the MAD baseline (``mad_settings(name)[0]``),
     ``defaults.MQAR_DATA``, or for ``lm`` ``defaults.LM_DATA`` (path, tokenizer, seq_len,
-    eval_windows, max_bytes, bpe_vocab_size, val_fraction, seed). The synthetic tasks take
+    eval_windows, max_bytes, bpe_vocab_size, val_fraction, seed); an ``lm`` path that is a
+    ``hypermlp prepare`` folder is read from its memory-mapped shards, its manifest fixing the
+    tokenizer and the split. The synthetic tasks take
     ``num_val`` (validation sequences; None = ``num_test``).
     """
     from ..data import make_task
@@ -76,9 +78,14 @@ def build_task(task: str, data: Optional[dict] = None, cache_dir: Optional[str] 
     kind, name = parse_task_name(task)
     data = dict(data or {})
     if kind == "lm":
+        from ..data.shards import is_prepared
         from ..data.text import load_corpus
 
         s = _check_lm_data(_merge_known(LM_DATA, data, "lm data"))
+        if is_prepared(s["path"]):
+            corpus = _prepared_corpus(s, data)
+            s["source"], s["vocab_size"] = corpus.source, corpus.vocab_size
+            return LMTask(corpus, seq_len=s["seq_len"], eval_windows=s["eval_windows"]), s
         corpus = load_corpus(
             s["path"], tokenizer=s["tokenizer"], bpe_vocab_size=s["bpe_vocab_size"],
             val_fraction=s["val_fraction"], cache_dir=cache_dir or default_cache_dir(),
@@ -124,6 +131,24 @@ def _check_lm_data(s: dict) -> dict:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
         raise ConfigError(f"lm data val_fraction must be a number in (0, 1), got {v!r}")
     return s
+
+
+def _prepared_corpus(s: dict, given: dict):
+    """The corpus of a ``hypermlp prepare`` folder: its manifest fixes the tokenizer and the split,
+    so ``s`` takes them from there, and a different value the user gave is an error."""
+    from ..data.shards import load_prepared, read_manifest
+
+    made = read_manifest(s["path"])["settings"]
+    fixed = {k: made.get(k) for k in ("tokenizer", "val_fraction", "seed", "bpe_vocab_size")}
+    fixed["max_bytes"] = None
+    if made.get("tokenizer") != "bpe":
+        fixed["bpe_vocab_size"] = s["bpe_vocab_size"]  # means nothing for bytes
+    for k, v in fixed.items():
+        if k in given and given[k] != v:
+            raise ConfigError(f"lm data {k}={given[k]!r}, but the prepared corpus in {s['path']} was made with "
+                              f"{k}={v!r} (it is fixed by `hypermlp prepare`)")
+    s.update(fixed)
+    return load_prepared(s["path"])
 
 
 def _held_out(s: dict) -> dict:

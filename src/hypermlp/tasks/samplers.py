@@ -14,7 +14,8 @@ __all__ = ["WindowSampler", "EpochSampler"]
 
 
 class WindowSampler:
-    """Random windows of a token stream (the ``lm`` task)."""
+    """Random windows of a token stream (the ``lm`` task): a tensor, or a prepared split's
+    read-only np.memmap, read only where the windows lie (the same draws give the same windows)."""
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, seed: int):
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len

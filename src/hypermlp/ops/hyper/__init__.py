@@ -4,6 +4,7 @@
     chunked.py    hyper_core_chunked    query blocks with a hand-derived backward (training)
     decode.py     hyper_core_decode     one query at the end of the keys, no grad (cached decoding)
     layout.py     skew / unskew, table_rows: the key and lag layouts both fast paths rely on
+    custom_op.py  the chunked core and the decode step as torch.library ops (torch.compile)
 
 README.md in this folder derives the chunked algorithm and its backward.
 """
@@ -15,6 +16,7 @@ from typing import Optional
 import torch
 
 from .chunked import hyper_core_chunked
+from .custom_op import chunked_op, decode_op
 from .decode import hyper_core_decode
 from .layout import check_layout, skew, table_rows, unskew
 from .reference import Tables, hyper_core_reference
@@ -68,7 +70,8 @@ def hyper_core(
 
     impl="reference": the readable loop (``hyper_core_reference``), whatever the inputs.
     impl="chunked": ``hyper_core_decode`` for one query at the end of the keys when no gradient
-    is needed (a cached decoding step), else ``hyper_core_chunked`` in blocks of ``chunk_size``.
+    is needed (a cached decoding step), else ``hyper_core_chunked`` in blocks of ``chunk_size``;
+    both through their custom ops (``custom_op.py``: one opaque op each for torch.compile).
     """
     check_layout(layout)
     common = dict(glu=glu, layout=layout, offset=offset, eps=eps, key_valid=key_valid)
@@ -77,5 +80,5 @@ def hyper_core(
     if impl != "chunked":
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if _is_decode_step(q, k, offset, (q, k, v, s1, s2, *(mix1 or ()), *(mix2 or ()))):
-        return hyper_core_decode(q, k, v, s1, s2, mix1, mix2, **common)
-    return hyper_core_chunked(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)
+        return decode_op(q, k, v, s1, s2, mix1, mix2, **common)
+    return chunked_op(q, k, v, s1, s2, mix1, mix2, chunk_size=chunk_size, **common)

@@ -635,7 +635,7 @@ class _HyperChunked(torch.autograd.Function):
         ctx.settings, ctx.key_valid = st, key_valid
         ctx.specs = CoreArgs.from_flat([None if x is None else (x.shape, x.dtype) for x in flat])
         ctx.save_for_backward(*_saved(ops, fwd))
-        return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1).to(flat[0].dtype)
+        return _output(fwd, flat[0].dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -647,14 +647,29 @@ class _HyperChunked(torch.autograd.Function):
         st = ctx.settings
         saved = _Saved(*ctx.saved_tensors)
         ops = _operands_from(saved, ctx.key_valid, st)
-        grads = _grad_buffers(ops, CoreArgs.from_flat(ctx.needs_input_grad[2:]))
-        d_out = grad_out.transpose(0, 1).to(ops.q.dtype)  # (H, b, T, dv)
-        total = ops.k.shape[2]
-        for blk in _blocks(st, ops.q.shape[2], total):
-            sl = slice(blk.t0, blk.t1)
-            _block_backward(ops, st, blk, d_out[:, :, sl], saved.o_raw[:, :, sl], saved.inv_rho[:, :, sl],
-                            saved.u1, saved.u2, grads)
-        return (None, None, *_public_grads(grads, ctx.specs, total).flat())
+        fwd = ForwardOut(saved.o_raw, saved.inv_rho, saved.u1, saved.u2)
+        grads = _backward(ops, st, fwd, grad_out, CoreArgs.from_flat(ctx.needs_input_grad[2:]), ctx.specs)
+        return (None, None, *grads.flat())
+
+
+def _output(fwd: ForwardOut, dtype: torch.dtype) -> Tensor:
+    """The core's result (b, H, T, dv) in ``dtype``: the raw readout times 1/rho."""
+    return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1).to(dtype)
+
+
+def _backward(ops: Operands, st: Settings, fwd: ForwardOut, grad_out: Tensor, needs: CoreArgs,
+              specs: CoreArgs) -> CoreArgs:
+    """Every block's backward: grad_out (b, H, T, dv) -> the gradients of the inputs ``needs``
+    flags (else None) in their layout and dtype (``specs``: (shape, dtype) of each input).
+    ``fwd`` is the forward's raw readout, 1/rho and z A of each mixing."""
+    grads = _grad_buffers(ops, needs)
+    d_out = grad_out.transpose(0, 1).to(ops.q.dtype)  # (H, b, T, dv)
+    total = ops.k.shape[2]
+    for blk in _blocks(st, ops.q.shape[2], total):
+        sl = slice(blk.t0, blk.t1)
+        _block_backward(ops, st, blk, d_out[:, :, sl], fwd.o_raw[:, :, sl], fwd.inv_rho[:, :, sl],
+                        fwd.u1, fwd.u2, grads)
+    return _public_grads(grads, specs, total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -695,4 +710,4 @@ def hyper_core_chunked(
             return _HyperChunked.apply(st, key_valid, *flat)
         with torch.no_grad():
             fwd = _forward(_prepare(args, key_valid, st), st, keep_u=False)
-            return (fwd.o_raw * fwd.inv_rho[..., None]).transpose(0, 1).to(q.dtype)
+            return _output(fwd, q.dtype)
