@@ -1,6 +1,7 @@
 """Checkpoints: atomic, durable file writes, the run folder's checkpoints, loading them back.
 
-A training run keeps its newest checkpoint in ``out_dir/checkpoints/step-XXXXXXXX/``:
+A training run keeps its newest checkpoint (or its newest ``keep_checkpoints``) in
+``out_dir/checkpoints/step-XXXXXXXX/``:
 
 * ``model.safetensors`` + ``config.json``: the LanguageModel (``LanguageModel.load`` reads them);
 * whatever the task adds (``Task.save_extra_files``: the compression head's
@@ -13,14 +14,14 @@ A training run keeps its newest checkpoint in ``out_dir/checkpoints/step-XXXXXXX
 
 A checkpoint is written into a temp folder (every file and the folder fsync'd), renamed into
 place (fsync of ``checkpoints/``), and then the ``latest`` pointer is replaced the same way; the
-previous checkpoint is removed only after that. So a crash at any moment, ``kill -9`` included,
+previous checkpoint is removed only after that (``keep`` > 1 keeps the newest few). So a crash at any moment, ``kill -9`` included,
 leaves the previous checkpoint or the new one, never a half-written one; the debris of an
 interrupted write (``.tmp-*``, ``.old-*``, temp files) is removed when the next run starts
 (``clean_debris``).
 
 The run folder carries a marker (``.hypermlp-run``) written by the Trainer; ``remove_run``
-(``train --force``) removes only a marked folder's own files (metrics, run.yaml, checkpoints)
-and leaves everything else in it.
+(``train --force``) removes only a marked folder's own files (metrics, run.yaml, curves.png,
+checkpoints, TensorBoard event files) and leaves everything else in it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "write_atomic",
     "write_json_atomic",
     "save_checkpoint",
+    "prune_checkpoints",
     "latest_checkpoint",
     "resolve_model_folder",
     "load_checkpoint",
@@ -60,7 +62,8 @@ STATE_FILE = "trainer_state.pt"
 CHECKSUMS = "checksums.json"
 UNCHECKED = (CHECKSUMS, "config.json")  # config.json may be edited by hand; load checks it against the weights
 RUN_MARKER = ".hypermlp-run"  # in a run folder the Trainer made: --force may remove its files
-RUN_FILES = ("metrics.jsonl", "run.yaml")  # what a run writes beside checkpoints/
+RUN_FILES = ("metrics.jsonl", "run.yaml", "curves.png")  # what a run writes beside checkpoints/ and tensorboard/
+TENSORBOARD_DIR = "tensorboard"  # the run's TensorBoard event files (train.tensorboard)
 _TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # write_atomic's temp files
 
 
@@ -129,9 +132,10 @@ def _fsync_folder(folder: str) -> None:
 
 
 # ----------------------------------------------------------------------------- writing
-def save_checkpoint(out_dir: str, step: int, task, model: torch.nn.Module, state: dict) -> str:
+def save_checkpoint(out_dir: str, step: int, task, model: torch.nn.Module, state: dict, keep: int = 1) -> str:
     """Write the checkpoint of ``step`` (see the module docstring), point ``latest`` at it and
-    drop older ones. Returns its folder."""
+    keep the ``keep`` newest step checkpoints (0: all of them; ``prune_checkpoints``). Returns
+    its folder."""
     root = os.path.join(out_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
     # the temp folder is the atomic unit: its files are written in place, then all fsync'd
@@ -159,10 +163,33 @@ def save_checkpoint(out_dir: str, step: int, task, model: torch.nn.Module, state
     os.replace(tmp, final)
     _fsync_folder(root)
     _write_text_atomic(os.path.join(root, "latest"), name + "\n")
-    for old in os.listdir(root):  # keep only the newest checkpoint (and no debris of a crashed write)
-        if old.startswith(("step-", ".tmp-", ".old-")) and old != name:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    prune_checkpoints(root, name, keep)
     return final
+
+
+_STEP_FOLDER = re.compile(r"^step-(\d{8})(?:-(\d+))?$")  # step-XXXXXXXX, or -k: saved again at that step
+
+
+def prune_checkpoints(root: str, newest: str, keep: int) -> None:
+    """In ``root`` (a run's ``checkpoints/``), after ``newest`` was written: remove the debris of
+    crashed writes, the step checkpoints *after* ``newest`` (left by a run that was resumed from
+    an earlier one: a past that no longer happened), and all but the ``keep`` newest of the rest
+    (0: none of them). ``newest`` itself always stays; nothing but ``step-*`` folders is touched."""
+    steps = []
+    for name in os.listdir(root):
+        if name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        m = _STEP_FOLDER.match(name)
+        if m and os.path.isdir(os.path.join(root, name)):
+            steps.append(((int(m.group(1)), int(m.group(2) or 0)), name))
+    at = dict((n, k) for k, n in steps)[newest]
+    past = sorted((k, n) for k, n in steps if k <= at)
+    drop = [n for k, n in steps if k > at]
+    if keep:
+        drop += [n for _, n in past[: max(0, len(past) - keep)]]
+    for name in drop:
+        if name != newest:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _sha256(path: str) -> str:
@@ -373,6 +400,13 @@ def remove_run(out_dir: str) -> None:
                 os.unlink(path)
         with contextlib.suppress(OSError):
             os.rmdir(root)  # only if nothing else is in it
+    board = os.path.join(out_dir, TENSORBOARD_DIR)
+    if os.path.isdir(board):
+        for name in os.listdir(board):
+            if name.startswith("events.out.tfevents.") and os.path.isfile(os.path.join(board, name)):
+                os.unlink(os.path.join(board, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(board)  # only if nothing else is in it
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out_dir, name))

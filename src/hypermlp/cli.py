@@ -10,6 +10,11 @@ error names what differs); training options follow ``hypermlp.train.RESUME_REFUS
 error) or are applied, and ``run.yaml`` then lists them under ``history`` with the step they
 took effect at. ``train --force`` starts over only in a folder hypermlp made (its
 ``.hypermlp-run`` marker), removing the run's own files and nothing else.
+
+``train --dry-run`` builds the model(s) on the meta device and prints what a run would take
+(``hypermlp.dryrun``); it reads no corpus when the config names the vocabulary, and writes
+nothing. A config may hold several models under ``models:`` (a recipe and its baselines);
+``--model NAME`` picks the one to train, in ``OUT/NAME``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .defaults import TRAIN_OUT_DIR
+from .defaults import PRECISIONS, TRAIN, TRAIN_OUT_DIR
 from .variants import help_text as variant_help_text
 
 __all__ = ["main"]
@@ -176,6 +181,121 @@ def _add_train_flags(p):
     g.add_argument("--ckpt-every", type=int)
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g = p.add_argument_group("training at scale (override the config file; README 'Training at scale')")
+    g.add_argument("--grad-accum", type=int, metavar="N",
+                   help="cut each step's batch into N micro-batches (same gradient, less memory)")
+    g.add_argument("--precision", choices=list(PRECISIONS),
+                   help="auto (default: bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 (autocast, CPU too), "
+                        "fp16 (CUDA, loss scaling)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step's module")
+    g.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each block's activations in the backward pass (less memory, ~1/3 more compute)")
+    g.add_argument("--keep-checkpoints", type=int, metavar="N",
+                   help=f"keep the N newest checkpoints (default {TRAIN['keep_checkpoints']}; 0 = all)")
+    g.add_argument("--log-every", type=int, metavar="N",
+                   help=f"steps between plain progress lines when stdout is not a terminal "
+                        f"(default {TRAIN['log_every']}; 0 = none)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorBoard scalars in OUT/tensorboard (pip install 'hypermlp[tensorboard]')")
+    g.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard weights, gradients and optimizer states over the torchrun processes (FSDP2)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="build the model on the meta device and print its parameter count, tokens per step, "
+                        "FLOPs per token and memory per GPU (one block per mixer runs once on CPU to measure "
+                        "its activations); trains nothing, writes nothing")
+    g.add_argument("--world-size", type=int, metavar="N",
+                   help="--dry-run: the number of GPUs to estimate for (default: $WORLD_SIZE or 1)")
+
+
+# training options with a flag of their own in "training at scale"
+_SCALE_KEYS = ("grad_accum", "precision", "compile", "activation_checkpointing", "keep_checkpoints", "log_every",
+               "tensorboard", "fsdp")
+
+
+def _model_sections(cfg: dict, args, where: Optional[str]) -> dict:
+    """name -> model section: the config's ``model:`` (named by its mixer), or its ``models:``
+    mapping (several models of one recipe, e.g. HyperGLU and its matched baseline), all of them
+    or the one ``--model NAME`` picks."""
+    if cfg.get("models") is None:
+        if args.model is not None:
+            raise UsageError(f"--model picks one of a config's 'models:', and {where or 'the command line'} has none")
+        section = _section(cfg, "model", where)
+        mixer = section.get("mixer")
+        return {mixer if isinstance(mixer, str) else "model": section}
+    if cfg.get("model") is not None:
+        raise UsageError(f"{where} has both 'model:' and 'models:'; keep one")
+    models = _section(cfg, "models", where)
+    if not models:
+        raise UsageError(f"'models:' in {where} is empty")
+    for name in models:
+        _section(models, name, f"{where} (models: {name})")  # each a mapping
+    if args.model is not None:
+        if args.model not in models:
+            raise UsageError(f"--model {args.model!r} is not one of the models in {where}: {', '.join(models)}")
+        return {args.model: dict(models[args.model])}
+    return {name: dict(section) for name, section in models.items()}
+
+
+def _assemble_model(model: dict, args, where: Optional[str]) -> dict:
+    """A model section with the command line's model flags applied."""
+    model = dict(model)
+    model["mixer_args"] = {} if model.get("mixer_args") is None else model["mixer_args"]
+    _check_model_section(model, where)
+    model["mixer_args"] = dict(model["mixer_args"])
+    if args.mixer is not None:
+        model["mixer"] = args.mixer.split(",") if "," in args.mixer else args.mixer
+    for flag, key in (("d_model", "d_model"), ("n_layers", "n_layers"), ("mlp_hidden", "mlp_hidden"), ("max_len", "max_len")):
+        _set(model, key, getattr(args, flag))
+    _set(model["mixer_args"], "n_heads", args.n_heads)
+    _set(model["mixer_args"], "qk_rank", args.qk_rank)
+    model["mixer_args"].update(_key_values(args.mixer_arg, "--mixer-arg"))
+    return model
+
+
+def _dry_run(task_name: str, data: dict, models: dict, train: dict, cache_dir: str, world: int) -> int:
+    """``train --dry-run``: every model's estimate (hypermlp.dryrun); nothing trained or written."""
+    from .budget import count_params, paper_reference
+    from .defaults import LM_DATA
+    from .dryrun import estimate, format_estimate
+    from .models import ModelConfig
+    from .tasks import build_task
+    from .train import TrainConfig
+
+    tcfg = TrainConfig.from_dict(train).validate()
+    if tcfg.batch_size % (world * tcfg.grad_accum):
+        raise UsageError(f"batch_size={tcfg.batch_size} is not divisible by {world} GPU(s) x grad_accum={tcfg.grad_accum}")
+    if tcfg.fsdp and world == 1:
+        raise UsageError("fsdp shards over several GPUs: give --world-size N (N > 1) to estimate it")
+    vocab, steps = None, tcfg.steps
+    if task_name == "lm" and tcfg.epochs is None and all("vocab_size" in m for m in models.values()):
+        seq_len = data.get("seq_len", LM_DATA["seq_len"])  # the corpus need not be here
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise UsageError(f"data seq_len must be a positive integer, got {seq_len!r}")
+    else:  # the task says its vocabulary, length and epochs
+        task, _ = build_task(task_name, data, cache_dir)
+        seq_len, vocab = task.seq_len, task.vocab_size
+        if tcfg.epochs is not None:
+            steps = tcfg.epochs * task.steps_per_epoch(tcfg.batch_size)
+    print(f"hypermlp train --dry-run: {task_name} | seq_len {seq_len} | {world} GPU(s) | nothing is trained or written")
+    counts = {}
+    for name, section in models.items():
+        section.setdefault("max_len", seq_len)
+        if vocab is not None:
+            if section.get("vocab_size", vocab) != vocab:
+                raise UsageError(f"model {name}: vocab_size={section['vocab_size']} but the task has {vocab} tokens")
+            section["vocab_size"] = vocab
+        mcfg = ModelConfig.from_dict(section).validate()
+        if mcfg.max_len < seq_len:
+            raise UsageError(f"model {name}: max_len={mcfg.max_len} is shorter than seq_len={seq_len}")
+        est = estimate(mcfg, tcfg, seq_len, world, steps)
+        counts[name] = count_params(mcfg)
+        print(format_estimate(name, mcfg, tcfg, seq_len, est))
+    if len(counts) > 1:  # against the all-softmax model if there is one (the paper's reference)
+        ref = paper_reference({n: ModelConfig.from_dict(m).mixers() for n, m in models.items()}) or next(iter(counts))
+        print("budget: " + ", ".join(f"{n} {c:,} params, {100 * (c / counts[ref] - 1):+.2f}% vs {ref}"
+                                      for n, c in counts.items() if n != ref))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -187,6 +307,7 @@ def cmd_train(args) -> int:
     from .checkpoint import has_run_marker, remove_run, write_atomic
     from .defaults import default_cache_dir
     from .models import LanguageModel, ModelConfig
+    from .runlog import summary_line
     from .tasks import build_task, resolve_train
     from .train import TrainConfig, Trainer, init_distributed
 
@@ -201,7 +322,7 @@ def cmd_train(args) -> int:
         cfg["data"] = _section(cfg, "data", where)
         for derived in ("source", "vocab_size"):  # written for the reader, not settings
             cfg["data"].pop(derived, None)
-    known = {"task", "data", "model", "train", "out", "cache_dir", "history"}
+    known = {"task", "data", "model", "models", "train", "out", "cache_dir", "history", "resolved"}
     bad = sorted(set(cfg) - known)
     if bad:
         raise UsageError(f"unknown top-level key(s) {bad} in {where}; known: {', '.join(sorted(known))}")
@@ -220,29 +341,33 @@ def cmd_train(args) -> int:
     _set(data, "tokenizer", args.tokenizer)
     _set(data, "seq_len", args.seq_len)
 
-    model = _section(cfg, "model", where)
-    model["mixer_args"] = {} if model.get("mixer_args") is None else model["mixer_args"]
-    _check_model_section(model, where)
-    model["mixer_args"] = dict(model["mixer_args"])
-    if args.mixer is not None:
-        model["mixer"] = args.mixer.split(",") if "," in args.mixer else args.mixer
-    for flag, key in (("d_model", "d_model"), ("n_layers", "n_layers"), ("mlp_hidden", "mlp_hidden"), ("max_len", "max_len")):
-        _set(model, key, getattr(args, flag))
-    _set(model["mixer_args"], "n_heads", args.n_heads)
-    _set(model["mixer_args"], "qk_rank", args.qk_rank)
-    model["mixer_args"].update(_key_values(args.mixer_arg, "--mixer-arg"))
+    models = {name: _assemble_model(section, args, where) for name, section in _model_sections(cfg, args, where).items()}
 
     user_train = _section(cfg, "train", where)
     for key in ("steps", "epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "grad_clip",
-                "eval_every", "ckpt_every", "seed", "device"):
+                "eval_every", "ckpt_every", "seed", "device") + _SCALE_KEYS:
         _set(user_train, key, getattr(args, key))
     if args.steps is not None and args.epochs is None:
         user_train.pop("epochs", None)  # an explicit --steps wins over epochs from the YAML
     train = resolve_train(task_name, user_train)
     if args.no_progress:
         train["progress"] = False
-    out = args.out or cfg_out or TRAIN_OUT_DIR
     cache_dir = args.cache_dir or cfg_cache or default_cache_dir()
+    if args.world_size is not None and not args.dry_run:
+        raise UsageError("--world-size is for --dry-run (a real run's world is the torchrun processes)")
+    if args.dry_run:
+        if args.resume or args.force:
+            raise UsageError("--dry-run trains nothing and writes nothing: leave out --resume and --force")
+        world = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        if world < 1:
+            raise UsageError(f"--world-size must be >= 1, got {world}")
+        return _dry_run(task_name, data, models, train, cache_dir, world)
+    if len(models) > 1:
+        raise UsageError(f"{where} holds several models ({', '.join(models)}): pick one with --model NAME")
+    (model_name, model), = models.items()
+    out = args.out or cfg_out or TRAIN_OUT_DIR
+    if cfg.get("models") is not None and not args.out:
+        out = os.path.join(out, model_name)  # one recipe, several models: a run folder each
 
     # -- every value is checked, and the model built, before anything is written -------------
     distributed = init_distributed()
@@ -279,7 +404,10 @@ def cmd_train(args) -> int:
         if args.force and not args.resume and _has_run(out):
             remove_run(out)  # the old run's own files, nothing else
         run = {"task": task_name, "data": resolved, "model": mcfg.to_dict(), "train": asdict(tcfg), "out": out,
-               "cache_dir": cache_dir}
+               "cache_dir": cache_dir,
+               # for the reader (ignored when read back): what "auto" and the launch resolved to
+               "resolved": {"precision": trainer.precision, "device": str(trainer.device), "processes": trainer.world,
+                            "tokens_per_step": tcfg.batch_size * task.seq_len}}
         history = list((previous or {}).get("history") or [])
         if trainer.resume_changes:
             history.append({"resumed_at_step": trainer.step, "changed": trainer.resume_changes})
@@ -293,15 +421,17 @@ def cmd_train(args) -> int:
 
         write_atomic(run_file, dump)
         n = sum(p.numel() for p in trainer.model.parameters())  # the whole trained module, tied weights once
+        scale = f" x grad_accum {tcfg.grad_accum}" if tcfg.grad_accum > 1 else ""
         print(f"hypermlp train: {task_name} | {mcfg.mixer} d={mcfg.d_model} layers={mcfg.n_layers} | "
-              f"{n:,} params | {trainer.total_steps} steps | {trainer.world} process(es) on {trainer.device} | out={out}")
+              f"{n:,} params | {trainer.total_steps} steps of {tcfg.batch_size * task.seq_len:,} tokens{scale} | "
+              f"{trainer.world} process(es){' (FSDP)' if tcfg.fsdp else ''} on {trainer.device} | "
+              f"precision {trainer.precision} | out={out}")
         if trainer.resume_changes:
             changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in trainer.resume_changes.items())
             print(f"resumed at step {trainer.step} with {changed} (recorded in run.yaml)")
     result = trainer.fit()
     if rank == 0:
-        final = {k: round(v, 5) if isinstance(v, float) else v for k, v in result["final"].items() if k != "type"}
-        print(f"done: {final}" + (" (early stop)" if result["stopped_early"] else ""))
+        print(summary_line(result))
         if result["checkpoint"]:
             print(f"checkpoint: {result['checkpoint']}")
     if distributed:
@@ -541,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", choices=["byte", "bpe"], help="lm: bytes (default) or a BPE trained on the train split")
     p.add_argument("--seq-len", type=int, help="lm: training window; synthetic tasks: sequence length")
     p.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="task data setting, e.g. num_train=2000")
+    p.add_argument("--model", help="the model to train of a config with several under 'models:' (its run folder: "
+                                   "OUT/NAME); --dry-run without it shows them all")
     _add_model_flags(p)
     _add_train_flags(p)
     p.add_argument("--out", help=f"run folder (default {TRAIN_OUT_DIR})")

@@ -16,6 +16,7 @@ from .config import ConfigError
 
 __all__ = [
     "TRAIN",
+    "PRECISIONS",
     "LM_TRAIN",
     "MQAR_TRAIN",
     "MAD_PROTOCOL",
@@ -51,8 +52,19 @@ TRAIN = dict(
     early_stop_at=None,  # stop once the eval metric reaches this
     seed=0,
     device="auto",  # auto | cpu | cuda
-    progress=True,
+    progress=True,  # a progress bar on a terminal, plain lines (log_every) when stdout is not one
+    # -- at scale (README "Training at scale")
+    grad_accum=1,  # micro-batches per optimizer step: each step's batch is cut into this many
+    precision="auto",  # auto = bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 (autocast, CPU too) | fp16 (CUDA)
+    compile=False,  # torch.compile the training module
+    activation_checkpointing=False,  # recompute every block's activations in the backward pass
+    keep_checkpoints=1,  # newest step checkpoints kept; 0 = keep them all
+    log_every=50,  # steps between plain progress lines when stdout is not a terminal; 0 = none
+    tensorboard=False,  # TensorBoard scalars in out_dir/tensorboard (the tensorboard extra)
+    fsdp=False,  # shard parameters, gradients and AdamW states over the torchrun processes (FSDP2)
 )
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # ----------------------------------------------------------------------------- per task kind
 # What a kind of task sets on top of TRAIN (written in full into run.yaml).

@@ -1,4 +1,4 @@
-"""Training loop: AdamW, warmup + cosine, clipping, checkpoints, exact resume, DDP.
+"""Training loop: AdamW, warmup + cosine, clipping, checkpoints, exact resume, DDP and FSDP.
 
 One ``Trainer`` trains one model on one task; it knows the task only through the contract in
 ``hypermlp.tasks.base`` (build the model, sample batches, forward, loss, evaluate, checkpoint
@@ -7,18 +7,31 @@ files), so it never asks what kind of task or model it has.
 * Determinism: the model is initialised right after ``torch.manual_seed(seed)`` and batches
   come from the sampler's private ``torch.Generator``; on CPU a run resumed from a checkpoint
   reproduces the uninterrupted loss curve bit for bit.
-* Precision: bf16 autocast on CUDA, plain fp32 on CPU; the loss is always reduced in fp32.
-* Checkpoints: ``hypermlp.checkpoint`` (atomic and durable; only the newest is kept).
+* Precision (``precision``): ``auto`` (the default) is bf16 autocast on CUDA and plain fp32 on
+  CPU; ``fp32``; ``bf16`` (autocast, on CPU too); ``fp16`` (CUDA only, with a GradScaler). The
+  weights, gradients and AdamW states stay fp32 and the loss is always reduced in fp32.
+* Gradient accumulation (``grad_accum`` N): each step's global batch (``batch_size`` rows) is
+  cut into N micro-batches run one after the other; every micro-batch's summed token loss is
+  divided by the *whole* batch's target count, so the summed gradients are those of the one big
+  batch (to float rounding), whatever the number of targets in each micro-batch.
+* ``activation_checkpointing``: every block's activations are recomputed in the backward pass
+  (``torch.utils.checkpoint``, non-reentrant); ``compile``: ``torch.compile`` of the module the
+  training step calls (evaluation runs the plain model).
+* Checkpoints: ``hypermlp.checkpoint`` (atomic and durable; the newest ``keep_checkpoints``).
 * Data parallel: launched with ``torchrun``, each rank draws the same *global* batch and keeps
   its own rows. A rank's loss is its summed token loss divided by the global token count (times
   the world size, which DDP's gradient averaging divides out again), so N processes compute the
-  gradient of exactly the same global mean as one process.
+  gradient of exactly the same global mean as one process. With ``fsdp`` the blocks and the
+  model are sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2: parameters, gradients
+  and AdamW states split over the ranks); its gradients are averaged like DDP's, and a
+  checkpoint holds the full state dicts, gathered on rank 0 (``torch.distributed.checkpoint``).
 * Metrics: one JSON line per training step (and per evaluation) in ``out_dir/metrics.jsonl``.
   Every evaluation record also says what the training has cost so far, across resumes:
   ``train_tokens`` (input tokens of the training batches), ``train_wall_s`` (wall time of
   ``fit``, evaluations and checkpoints included), ``train_step_s`` (time in training steps),
   ``train_tokens_per_s`` (tokens / step time) and ``train_flops`` (``hypermlp.flops``).
 * Selection: early stopping reads a validation metric (``val_*``); a test metric is refused.
+* What the run shows (bar, plain lines, TensorBoard, curves.png): ``hypermlp.runlog``.
 """
 
 from __future__ import annotations
@@ -26,8 +39,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
@@ -39,9 +52,10 @@ from .checkpoint import (CheckpointError, clean_debris, latest_checkpoint, load_
                          write_atomic, write_run_marker)
 from .config import ConfigError
 from .data.common import IGNORE_INDEX
-from .defaults import TRAIN
+from .defaults import PRECISIONS, TRAIN
 from .flops import dense_params, forward_flops_per_token
 from .models import ModelConfig
+from .runlog import RunLog, check_tensorboard
 
 __all__ = [
     "TrainConfig",
@@ -50,6 +64,8 @@ __all__ = [
     "CheckpointError",
     "CosineSchedule",
     "init_distributed",
+    "resolve_precision",
+    "enable_activation_checkpointing",
     "latest_checkpoint",
     "read_metrics",
 ]
@@ -83,6 +99,14 @@ class TrainConfig:
     seed: int = TRAIN["seed"]
     device: str = TRAIN["device"]
     progress: bool = TRAIN["progress"]
+    grad_accum: int = TRAIN["grad_accum"]
+    precision: str = TRAIN["precision"]
+    compile: bool = TRAIN["compile"]
+    activation_checkpointing: bool = TRAIN["activation_checkpointing"]
+    keep_checkpoints: int = TRAIN["keep_checkpoints"]
+    log_every: int = TRAIN["log_every"]
+    tensorboard: bool = TRAIN["tensorboard"]
+    fsdp: bool = TRAIN["fsdp"]
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -111,6 +135,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if not _is_int(self.batch_size, 1):
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not _is_int(self.grad_accum, 1):
+            raise ConfigError(f"grad_accum must be a positive integer (micro-batches per step), got {self.grad_accum!r}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum} "
+                              f"(each step's batch is cut into grad_accum equal micro-batches)")
         for name in _FLOAT_FIELDS:
             v = getattr(self, name)
             if v is None and name == "early_stop_at":
@@ -127,15 +156,18 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "seed"):
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "seed", "keep_checkpoints", "log_every"):
             v = getattr(self, name)
             if not _is_int(v, 0):
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr_per_epoch", "eval_each_epoch", "save_checkpoints", "progress"):
+        for name in ("lr_per_epoch", "eval_each_epoch", "save_checkpoints", "progress", "compile",
+                     "activation_checkpointing", "tensorboard", "fsdp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.early_stop_metric, str) or not self.early_stop_metric.startswith("val_"):
             raise ConfigError(f"early_stop_metric must be a validation metric (val_acc, val_loss, ...), "
                               f"got {self.early_stop_metric!r}: early stopping never reads the test split")
@@ -160,13 +192,16 @@ RESUME_REFUSED = {
     "seed": "the model, sampler and RNG states come from the checkpoint, so a new seed would change nothing",
     "early_stop_metric": "the run's evaluations were judged by the old rule",
     "early_stop_at": "the run's evaluations were judged by the old rule",
+    "fsdp": "the checkpoint's optimizer state is in the other layout (FSDP keys it by parameter name)",
 }
 # Applied from the resume step on: the learning-rate schedule is rebuilt from the new values
 # (its cosine then runs to the new last step), the optimizer takes the new betas and decay.
 RESUME_SCHEDULE = ("steps", "epochs", "lr", "min_lr", "warmup_steps", "lr_per_epoch")
 RESUME_OPTIMIZER = ("weight_decay", "beta1", "beta2")
-# Not recorded: how the run is displayed
-RESUME_IGNORED = ("progress",)
+# Applied too, and recorded: how a step is computed (same math, other rounding or memory):
+# grad_accum, precision, compile, activation_checkpointing. Not recorded: how the run is
+# displayed and how many old checkpoints it keeps.
+RESUME_IGNORED = ("progress", "log_every", "tensorboard", "keep_checkpoints")
 
 
 class CosineSchedule:
@@ -222,6 +257,37 @@ def _pick_device(name: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 on CPU (what the trainer always did); a ConfigError for a
+    precision the device cannot run."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a GPU (its loss scaling is CUDA's GradScaler); on CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
+    return precision
+
+
+_AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+def enable_activation_checkpointing(lm: nn.Module) -> None:
+    """Make every block of the LanguageModel ``lm`` recompute its activations in the backward
+    pass (``torch.utils.checkpoint``, non-reentrant) whenever it runs with gradients and no
+    decoding cache. Only the blocks' inputs are kept; the parameter names do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in lm.blocks:
+        def forward(x, cache=None, mask=None, _plain=block.forward):
+            if cache is None and torch.is_grad_enabled():
+                return checkpoint(_plain, x, mask=mask, use_reentrant=False)
+            return _plain(x, cache=cache, mask=mask)
+
+        block.forward = forward
+
+
 def read_metrics(path: str) -> list:
     """All records of a metrics.jsonl file."""
     with open(path) as f:
@@ -249,9 +315,19 @@ class Trainer:
         self.rank, self.world = _rank_world()
         if out_dir is not None and self.rank == 0:
             clean_debris(out_dir)  # what a killed checkpoint write left
-        if cfg.batch_size % self.world:
-            raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} processes")
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} process(es) x "
+                              f"grad_accum={cfg.grad_accum} (each process runs grad_accum equal micro-batches)")
+        if cfg.fsdp and self.world == 1:
+            raise ConfigError("fsdp shards the model over torchrun processes: launch with "
+                              "torchrun --nproc_per_node N (N > 1), or leave fsdp off")
         self.device = _pick_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)  # auto resolved: what runs
+        if self.precision == "fp16" and cfg.fsdp:
+            raise ConfigError("precision fp16 is not supported with fsdp (its GradScaler is untested on sharded "
+                              "gradients); use bf16")
+        if cfg.tensorboard and out_dir is not None and self.rank == 0:
+            check_tensorboard()
         self._check_task_fits_model()
         # -- model
         self.model, self.train_model = self._build_model()
@@ -259,8 +335,9 @@ class Trainer:
         self.steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
         self.total_steps = self._count_steps()
         self.sampler = task.make_sampler(cfg.batch_size, cfg.seed)
-        # -- optimiser and its schedule
+        # -- optimiser, its schedule and (fp16) the loss scaler
         self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         unit = self.steps_per_epoch if (cfg.lr_per_epoch and self.steps_per_epoch) else 1
         self.schedule = CosineSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.total_steps, unit)
         # -- progress so far: nothing, unless resuming
@@ -273,6 +350,8 @@ class Trainer:
         # what training has cost so far (carried across resumes)
         self.tokens_seen, self.wall_s, self.step_s = 0, 0.0, 0.0
         self._fit_start, self._wall_before = None, 0.0  # set while fit() runs
+        self._runlog = None  # hypermlp.runlog.RunLog, while fit() runs
+        self._twin = None  # FSDP: a plain copy of the model that checkpoints go through
         # estimated training FLOPs per token: 3 x forward (hypermlp.flops.training_flops)
         self._flops_per_token = 3.0 * forward_flops_per_token(model_cfg, task.seq_len, dense_params(self.model))
         if resume:
@@ -288,14 +367,37 @@ class Trainer:
 
     # -- model -----------------------------------------------------------------------------------
     def _build_model(self):
-        """The model, and the module the training step calls (the model, or its DDP wrapper)."""
-        torch.manual_seed(self.cfg.seed)  # the model init is a function of the seed alone
+        """The model (FSDP: sharded), and the module the training step calls (the model, or its
+        DDP wrapper; compiled with ``compile``)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the model init is a function of the seed alone
         model = self.task.build_model(self.model_cfg).to(self.device)
-        if self.world == 1:
-            return model, model
-        ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-        unused = self.task.has_unused_parameters(self.model_cfg)
-        return model, nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused, **ddp_kwargs)
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(self.task.language_model(model))
+        self._ddp = None
+        if cfg.fsdp:  # every rank built the same model (same seed); each keeps its shard of it
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.task.language_model(model).blocks:
+                fully_shard(block)  # one all-gather per block in forward and backward
+            fully_shard(model)  # the rest: embedding, final norm, head (and a task's extra head)
+            step_module = model
+        elif self.world > 1:
+            ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            unused = self.task.has_unused_parameters(self.model_cfg)
+            step_module = self._ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused,
+                                                                          **ddp_kwargs)
+        else:
+            step_module = model
+        return model, (torch.compile(step_module) if cfg.compile else step_module)
+
+    def _plain_twin(self) -> nn.Module:
+        """FSDP: an unsharded CPU copy of the model (built once, the global RNG untouched) that
+        full state dicts are loaded into, to save or load them as a plain run does."""
+        if self._twin is None:
+            with torch.random.fork_rng(devices=[]):
+                self._twin = self.task.build_model(self.model_cfg)
+        return self._twin
 
     # -- data ------------------------------------------------------------------------------------
     def _count_steps(self) -> int:
@@ -317,7 +419,7 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
-            **({"fused": True} if self.device.type == "cuda" else {}),
+            **({"fused": True} if self.device.type == "cuda" and not cfg.fsdp else {}),
         )
 
     # -- resume ----------------------------------------------------------------------------------
@@ -329,10 +431,23 @@ class Trainer:
         ckpt = latest_checkpoint(self.out_dir)
         if ckpt is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.out_dir}")
-        state = load_checkpoint(ckpt, self.task, self.model, self.model_cfg, self.device)
+        if self.cfg.fsdp:  # the full weights into a plain twin, then each rank takes its shards
+            state = load_checkpoint(ckpt, self.task, self._plain_twin(), self.model_cfg, "cpu")
+        else:
+            state = load_checkpoint(ckpt, self.task, self.model, self.model_cfg, self.device)
         step = int(state["step"])
         changes = self._check_resume(state, step)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, self._plain_twin().state_dict(), options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         for name in RESUME_OPTIMIZER:
             if name in changes:  # load_state_dict brought the checkpoint's values back
                 self._set_optimizer_options()
@@ -374,6 +489,7 @@ class Trainer:
         old = dict(state.get("train_config") or {})
         if old.get("early_stop_metric") in _OLD_METRIC_NAMES:
             old["early_stop_metric"] = _OLD_METRIC_NAMES[old["early_stop_metric"]]
+        old.setdefault("fsdp", False)  # checkpoints written before the option: never sharded
         new = asdict(self.cfg)
         changes = {k: [old[k], new[k]] for k in new if k in old and old[k] != new[k] and k not in RESUME_IGNORED}
         for name, why in RESUME_REFUSED.items():
@@ -417,29 +533,52 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        dtype = _AUTOCAST_DTYPE.get(self.precision)
+        return torch.autocast(device_type=self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def _grad_sync(self, sync: bool):
+        """Whether this micro-batch's backward reduces gradients over the ranks (only the last
+        one of a step needs to: the others just add into ``.grad``)."""
+        if self.cfg.fsdp:
+            self.model.set_requires_gradient_sync(sync)
+            return nullcontext()
+        if self._ddp is not None and not sync:
+            return self._ddp.no_sync()
+        return nullcontext()
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Add the gradient of the mean token loss of the global batch ``(x, y)`` ((B, T) each,
+        identical on every rank) into ``.grad``: this rank's rows, in ``grad_accum``
+        micro-batches, each one's summed loss divided by the whole batch's target count.
+        Returns that mean loss (the same on every rank)."""
+        n_targets = int((y != IGNORE_INDEX).sum())
+        if n_targets == 0:
+            raise TrainingError(f"step {self.step + 1}: the batch has no training targets")
+        rows = x.shape[0] // self.world
+        x = x[self.rank * rows : (self.rank + 1) * rows].to(self.device, non_blocking=True)  # (B/world, T)
+        y = y[self.rank * rows : (self.rank + 1) * rows].to(self.device, non_blocking=True)
+        micro = rows // self.cfg.grad_accum
+        total = torch.zeros((), device=self.device)
+        for i in range(self.cfg.grad_accum):
+            xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]  # (B/world/N, T)
+            with self._grad_sync(i == self.cfg.grad_accum - 1):
+                with self._autocast():
+                    logits = self.task.forward(self.train_model, xs)  # (B/world/N, T, V)
+                loss_sum = self.task.loss(logits, ys)  # fp32
+                # x world: DDP / FSDP average the ranks' gradients, which divides it out again
+                scaled = loss_sum * (self.world / n_targets)
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += loss_sum.detach()
+        if self.world > 1:
+            dist.all_reduce(total)
+        return float(total) / n_targets
 
     def train_step(self) -> dict:
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self.sampler.next_batch()  # (B, T) each: the global batch, identical on every rank
-        n_targets = int((y != IGNORE_INDEX).sum())
-        if n_targets == 0:
-            raise TrainingError(f"step {self.step + 1}: the batch has no training targets")
-        rows = x.shape[0] // self.world
-        x = x[self.rank * rows : (self.rank + 1) * rows].to(self.device, non_blocking=True)
-        y = y[self.rank * rows : (self.rank + 1) * rows].to(self.device, non_blocking=True)
-
-        with self._autocast():
-            logits = self.task.forward(self.train_model, x)  # (B/world, T, V)
-        loss_sum = self.task.loss(logits, y)
-        (loss_sum * (self.world / n_targets)).backward()
-
-        total = loss_sum.detach()
-        if self.world > 1:
-            dist.all_reduce(total)
-        loss = float(total) / n_targets
+        loss = self.backward(x, y)
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             where = self.last_checkpoint or "none written"
@@ -447,23 +586,25 @@ class Trainer:
                 f"loss became {loss} at step {self.step + 1}; training stopped "
                 f"(try a lower learning rate). Last good checkpoint: {where}"
             )
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         grad_norm = None
         if self.cfg.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
-        self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(x.numel()) * self.world}
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": int(x.numel())}
 
     def fit(self) -> dict:
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
-        show = (
-            cfg.progress and self.rank == 0 and sys.stderr.isatty()
-            and os.environ.get("CI", "").lower() not in ("1", "true")
-        )
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, desc=self.task.name, dynamic_ncols=True)
+        self._runlog = RunLog(self.task.name, self.total_steps, self.step, self.out_dir, progress=cfg.progress,
+                              log_every=cfg.log_every, tensorboard=cfg.tensorboard, rank=self.rank)
         start, tokens_done = time.perf_counter(), 0
         self._fit_start, self._wall_before = start, self.wall_s
         losses = []
@@ -477,9 +618,8 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 rec.update(type="train", elapsed_s=round(elapsed, 3), tokens_per_s=round(tokens_done / max(elapsed, 1e-9), 1))
                 self._log(rec)
+                self._runlog.train(rec)
                 losses.append((rec["step"], rec["loss"]))
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}", refresh=False)
 
                 last = self.step == self.total_steps
                 if self._eval_due() or last:
@@ -491,10 +631,11 @@ class Trainer:
                         last = True
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or self.stopped_early:
                     self.save_checkpoint()
+            if not self.evals or self.evals[-1]["step"] != self.step:
+                self.evaluate(final=True)  # e.g. resumed a finished run
         finally:
-            bar.close()
-        if not self.evals or self.evals[-1]["step"] != self.step:
-            self.evaluate(final=True)  # e.g. resumed a finished run
+            self._runlog.close()
+            self._runlog = None
         self._update_wall()
         final = self.evals[-1]
         return {
@@ -553,13 +694,18 @@ class Trainer:
             record["epoch"] = self.step / self.steps_per_epoch
         self.evals.append(record)
         self._log(record)
+        if self._runlog is not None:
+            self._runlog.eval(record, self._metrics_path if self.out_dir is not None else None)
         return record
 
     # -- checkpoint ------------------------------------------------------------------------------
-    def _state(self) -> dict:
+    def _state(self, optimizer_state: Optional[dict] = None) -> dict:
+        """The trainer state a checkpoint holds (``optimizer_state``: FSDP's gathered one)."""
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if optimizer_state is None else optimizer_state,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "precision": self.precision,
             "schedule": self.schedule.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -572,12 +718,31 @@ class Trainer:
             "seq_len": self.task.seq_len,
         }
 
+    def _full_state(self):
+        """(the module whose weights a checkpoint stores, the optimizer's state dict). FSDP: the
+        full state dicts, gathered on rank 0 (every rank must call this; the others get None)."""
+        if not self.cfg.fsdp:
+            return self.model, self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        gather = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets it all, on CPU
+        weights = get_model_state_dict(self.model, options=gather)
+        optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=gather)
+        if self.rank != 0:
+            return None, None
+        twin = self._plain_twin()
+        twin.load_state_dict(weights)
+        return twin, optimizer
+
     def save_checkpoint(self) -> Optional[str]:
         if self.out_dir is None or not self.cfg.save_checkpoints:
             return None
+        module, optimizer_state = self._full_state()
         if self.rank == 0:
             self._begin_run_folder()
-            self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.task, self.model, self._state())
+            self.last_checkpoint = save_checkpoint(self.out_dir, self.step, self.task, module,
+                                                   self._state(optimizer_state), keep=self.cfg.keep_checkpoints)
         if self.world > 1:
             dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
         return self.last_checkpoint

@@ -25,3 +25,27 @@ TIMINGS = ("train_wall_s", "train_step_s", "train_tokens_per_s")  # the clock's,
 def eval_records(path):
     """The eval records of a metrics.jsonl, without the wall-clock timings (which no rerun repeats)."""
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(path) if r["type"] == "eval"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+class FlakyTask:
+    """Wraps a task (everything else is the task's); its forward raises (or returns NaN) from a
+    given call on."""
+
+    def __init__(self, task, at_call, mode):
+        self._task, self._at, self._mode, self._calls = task, at_call, mode, 0
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def forward(self, model, x):
+        if model.training:
+            self._calls += 1
+            if self._calls >= self._at:
+                if self._mode == "raise":
+                    raise Interrupt()
+                return self._task.forward(model, x) * float("nan")
+        return self._task.forward(model, x)

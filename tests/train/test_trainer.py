@@ -12,31 +12,7 @@ from hypermlp.config import ConfigError
 from hypermlp.models import LanguageModel
 from hypermlp.train import CosineSchedule, TrainConfig, Trainer, TrainingError, latest_checkpoint
 
-from .helpers import eval_records, recall_task, tiny_cfg, train_losses
-
-
-class Interrupt(Exception):
-    pass
-
-
-class FlakyTask:
-    """Wraps a task (everything else is the task's); its forward raises (or returns NaN) from a
-    given call on."""
-
-    def __init__(self, task, at_call, mode):
-        self._task, self._at, self._mode, self._calls = task, at_call, mode, 0
-
-    def __getattr__(self, name):
-        return getattr(self._task, name)
-
-    def forward(self, model, x):
-        if model.training:
-            self._calls += 1
-            if self._calls >= self._at:
-                if self._mode == "raise":
-                    raise Interrupt()
-                return self._task.forward(model, x) * float("nan")
-        return self._task.forward(model, x)
+from .helpers import FlakyTask, Interrupt, eval_records, recall_task, tiny_cfg, train_losses
 
 
 def test_loss_falls_on_a_tiny_run():
@@ -98,7 +74,8 @@ def test_cosine_schedule_warmup_and_epochs():
                                                       round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6)]
 
 
-def test_ddp_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("grad_accum", ["1", "2"])  # 2: the first micro-batch's backward skips DDP's all-reduce
+def test_ddp_two_processes_match_one(tmp_path, grad_accum):
     # noisy recall ignores noise targets, so the rows of a batch hold different numbers of
     # targets: the per-rank loss must be weighted by the global count to match one process
     args = ["train", "--task", "mad:noisy_in_context_recall", "--data-arg", "seq_len=32", "--data-arg", "num_train=128",
@@ -109,7 +86,7 @@ def test_ddp_two_processes_match_one(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "hypermlp", *args, "--out", str(tmp_path / "two")],
+                          "-m", "hypermlp", *args, "--grad-accum", grad_accum, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stdout
