@@ -1,4 +1,4 @@
-"""Command line: ``hypermlp train | compare | generate | export-hf | eval | bench``.
+"""Command line: ``hypermlp train | prepare | compare | generate | inspect | export-hf | eval | bench``.
 
 Every user mistake (unknown task or mixer, a value of the wrong type or out of range, a config
 section of the wrong shape, unreadable or empty data, a damaged checkpoint or one that does not
@@ -660,7 +660,7 @@ def cmd_bench(argv: List[str]) -> int:
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hypermlp", description="HyperMLP / HyperGLU: train, compare mixers, generate, benchmark.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,generate,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,prepare,compare,generate,inspect,export-hf,eval,bench}")
     sub.required = True
 
     p = sub.add_parser("train", help="train one model on one task",

@@ -129,6 +129,14 @@ def test_eps_inside_rho():
     check_against_reference(on_device(inputs), glu=False, offset=0, eps=1e-3)
 
 
+@pytest.mark.parametrize("mixes", MIXES)
+@pytest.mark.parametrize("glu", [False, True])
+def test_float32_every_gradient_matches_reference(glu, mixes):
+    # float32 takes the tl.dot branch of the kernels (float64 sums broadcasts): the path a GPU runs
+    inputs = make_inputs(glu, t=17, offset=3, padding=True, mixes=mixes, dk=5, dv=6, r=3, seed=7 + glu)
+    check_against_reference(on_device(inputs, torch.float32), rtol=1e-4, atol=1e-5, glu=glu, offset=3)
+
+
 @pytest.mark.parametrize("glu", [False, True])
 def test_float32_and_float16_inputs(glu):
     inputs = make_inputs(glu, t=7, offset=2, padding=True, dk=4, seed=11)
