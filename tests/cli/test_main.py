@@ -11,7 +11,7 @@ def test_help_for_every_subcommand(capsys):
     for cmd in (["--help"], ["train", "--help"], ["compare", "--help"], ["generate", "--help"]):
         assert main(cmd) == 0
     out = capsys.readouterr().out
-    assert "--resume" in out and "--max-new-tokens" in out and "{train,compare,generate,bench}" in out
+    assert "--resume" in out and "--max-new-tokens" in out and "{train,prepare,compare,generate,inspect,export-hf,eval,bench}" in out
 
 
 @pytest.mark.parametrize(
