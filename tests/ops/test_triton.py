@@ -287,7 +287,9 @@ if not IN_THIS_PROCESS:
     def test_in_a_fresh_process():
         assert not os.environ.get(FRESH_PROCESS_VAR), "triton is imported before this module even in a fresh process"
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        src = os.path.dirname(os.path.dirname(os.path.dirname(hyper_pkg.__file__)))  # the hypermlp under test
+        import hypermlp
+
+        src = os.path.dirname(os.path.dirname(hypermlp.__file__))  # the folder holding the hypermlp under test
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env[FRESH_PROCESS_VAR] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
