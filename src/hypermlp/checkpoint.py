@@ -93,7 +93,7 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(folder)
+    fsync_folder(folder)
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -117,7 +117,7 @@ def _fsync_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: "str | os.PathLike") -> None:
     """Make a rename in ``folder`` durable (POSIX; elsewhere folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -146,7 +146,7 @@ def save_checkpoint(out_dir: str, step: int, task, model: torch.nn.Module, state
     write_checksums(tmp, [n for n in os.listdir(tmp) if n not in UNCHECKED])
     for name in os.listdir(tmp):
         _fsync_file(os.path.join(tmp, name))
-    _fsync_folder(tmp)
+    fsync_folder(tmp)
 
     name = f"step-{step:08d}"
     current = _pointer(root)
@@ -161,7 +161,7 @@ def save_checkpoint(out_dir: str, step: int, task, model: torch.nn.Module, state
         os.replace(final, os.path.join(trash, name))
         shutil.rmtree(trash)
     os.replace(tmp, final)
-    _fsync_folder(root)
+    fsync_folder(root)
     _write_text_atomic(os.path.join(root, "latest"), name + "\n")
     prune_checkpoints(root, name, keep)
     return final

@@ -50,6 +50,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..checkpoint import fsync_folder
 from ..defaults import LM_DATA
 from .common import DataError
 from .shards import (DTYPE_LIMITS, MANIFEST, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, SPLITS, load_prepared,
@@ -564,9 +565,9 @@ def prepare_corpus(
     tmp.mkdir(parents=True)
     try:
         manifest = _write(tmp, data, sources, rule, settings, key, progress)
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
         os.replace(tmp, out)  # out is absent or an empty folder
-        _fsync_dir(out.parent)
+        fsync_folder(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own half-made folder, nothing else
         raise
@@ -622,16 +623,3 @@ def _write(tmp: Path, data: Path, sources, rule, settings: dict, key: str, progr
         f.flush()
         os.fsync(f.fileno())
     return manifest
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
